@@ -1,0 +1,79 @@
+"""`tf.data` pipelines: an endless stream of augmented training views, and an
+ordered, un-augmented stream for encoding (never shuffled: DESIGN §3)."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from harr_tf.data.augment import ViewAugmenter
+
+
+def training_dataset(
+    images: np.ndarray,
+    indices: np.ndarray,
+    augmenter: ViewAugmenter,
+    batch_size: int,
+    *,
+    seed: int = 0,
+    start_step: int = 0,
+) -> tf.data.Dataset:
+    """Endless batches of `{"a", "b", "w": (batch, H, W, C) float32, "index": (batch,) int64}`.
+
+    `index` is each image's index into `images`, so the caller can look up per-image
+    data (the stored WTA codes). Reshuffled every pass and fully determined by
+    `seed` and the augmenter's seed. `start_step` skips the batches already trained
+    on: a resumed run sees the same images in the same order with the same crops,
+    while the Keras layers' randomness (colour, blur, RandAugment) restarts from the
+    augmenter's seed.
+    """
+    indices = np.asarray(indices, dtype=np.int64)
+    if len(indices) < 2:
+        raise ValueError(
+            f"Training needs at least 2 images. Received: {len(indices)} training images."
+        )
+    if not 1 <= batch_size <= len(indices):
+        raise ValueError(
+            f"`batch_size` must be between 1 and the number of training images "
+            f"({len(indices)}). Received: batch_size={batch_size}"
+        )
+    dataset = tf.data.Dataset.from_tensor_slices((images[indices], indices))
+    dataset = dataset.shuffle(len(indices), seed=seed, reshuffle_each_iteration=True).repeat()
+    dataset = dataset.enumerate().skip(start_step * batch_size)
+
+    def crop(position, element):
+        image, index = element
+        views = augmenter.crop_views(image, position)
+        views["index"] = index
+        return views
+
+    def finish(batch):
+        views = augmenter.finish_batch(batch)
+        views["index"] = batch["index"]
+        return views
+
+    dataset = dataset.map(crop, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    dataset = dataset.batch(batch_size, drop_remainder=True)
+    # Sequential on purpose: the Keras layers' seed generators advance in batch order.
+    dataset = dataset.map(finish, num_parallel_calls=None)
+    return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def inference_dataset(
+    images: np.ndarray, batch_size: int = 256, image_size: tuple[int, int] | None = None
+) -> tf.data.Dataset:
+    """Batches of (batch, H, W, C) float32 pixels in [0, 255], in the order given.
+
+    With `image_size`, images are resized after a centre crop to the target aspect
+    ratio (the evaluation transform of DESIGN §2.3).
+    """
+    dataset = tf.data.Dataset.from_tensor_slices(images).batch(batch_size)
+
+    def prepare(batch):
+        batch = tf.cast(batch, tf.float32)
+        if image_size is not None:
+            batch = keras.ops.image.resize(batch, image_size, crop_to_aspect_ratio=True)
+        return batch
+
+    return dataset.map(prepare, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
