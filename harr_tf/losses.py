@@ -115,3 +115,35 @@ def quantization_loss(h: Any, epsilon: float = 1e-8) -> Any:
     unit = ops.normalize(h, axis=-1, epsilon=epsilon)
     cosine = ops.sum(ops.abs(unit), axis=-1) / ops.sqrt(bits)
     return ops.mean(1.0 - cosine)
+
+
+def instance_contrastive_loss(
+    h_a: Any, h_b: Any, temperature: float = 0.1, epsilon: float = 1e-8
+) -> Any:
+    """Plain instance contrast (SimCLR's NT-Xent), the ablation of WTA guidance.
+
+    The two views of an image are the only positive pair; every other image in the
+    2·batch is a negative of weight 1. Computed by `wta_contrastive_loss` on the
+    concatenated views, so the two losses differ only in their pair targets.
+
+    Args:
+        h_a: continuous codes of one view, (batch, bits).
+        h_b: continuous codes of another view of the same images, (batch, bits).
+        temperature: T > 0. Defaults to 0.1.
+        epsilon: as in `wta_contrastive_loss`. Defaults to 1e-8.
+    """
+    batch = ops.shape(h_a)[0]
+    same = ops.eye(batch)
+    zeros = ops.zeros_like(same)
+    positive = ops.concatenate(
+        [ops.concatenate([zeros, same], axis=1), ops.concatenate([same, zeros], axis=1)], axis=0
+    )
+    negative = 1.0 - positive - ops.eye(2 * batch)
+    return wta_contrastive_loss(
+        ops.concatenate([h_a, h_b], axis=0),
+        positive,
+        positive,
+        negative,
+        temperature=temperature,
+        epsilon=epsilon,
+    )

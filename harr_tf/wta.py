@@ -227,17 +227,42 @@ class WTASimilarity(keras.layers.Layer):
 
     def __init__(self, tau: float, s_max: float, s_min: float, window: int, **kwargs: Any):
         super().__init__(**kwargs)
+        self.window = int(window)
+        # Weights, not constants: `set_thresholds` can rebuild the structure during
+        # training without retracing, and the current values save with the model.
+        self.thresholds = {
+            name: self.add_weight(shape=(), initializer="zeros", trainable=False, name=name)
+            for name in ("tau", "s_max", "s_min")
+        }
+        self.set_thresholds(WTAThresholds(tau=tau, s_max=s_max, s_min=s_min))
+
+    def set_thresholds(self, thresholds: WTAThresholds) -> None:
+        """Replaces τ, s_max and s_min (e.g. after recomputing the WTA codes)."""
+        tau, s_max, s_min = thresholds.tau, thresholds.s_max, thresholds.s_min
         if not 0.0 <= s_min <= tau <= s_max <= 1.0:
             raise ValueError(
                 "Expected 0 <= s_min <= tau <= s_max <= 1. "
                 f"Received: s_min={s_min}, tau={tau}, s_max={s_max}"
             )
-        self.tau, self.s_max, self.s_min = float(tau), float(s_max), float(s_min)
-        self.window = int(window)
+        for name, value in dataclasses.asdict(thresholds).items():
+            self.thresholds[name].assign(value)
+
+    @property
+    def tau(self) -> float:
+        return float(ops.convert_to_numpy(self.thresholds["tau"]))
+
+    @property
+    def s_max(self) -> float:
+        return float(ops.convert_to_numpy(self.thresholds["s_max"]))
+
+    @property
+    def s_min(self) -> float:
+        return float(ops.convert_to_numpy(self.thresholds["s_min"]))
 
     def call(self, codes: Any) -> dict[str, Any]:
         similarity = batch_similarity(codes, codes, self.window)
-        targets = pair_targets(similarity, self.tau, self.s_max, self.s_min)
+        tau, s_max, s_min = (self.thresholds[n] for n in ("tau", "s_max", "s_min"))
+        targets = pair_targets(similarity, tau, s_max, s_min)
         return {"similarity": similarity, **targets}
 
     def get_config(self) -> dict:

@@ -8,7 +8,12 @@ import pytest
 import tensorflow as tf
 
 from harr_tf import wta
-from harr_tf.losses import bit_correlation_loss, quantization_loss, wta_contrastive_loss
+from harr_tf.losses import (
+    bit_correlation_loss,
+    instance_contrastive_loss,
+    quantization_loss,
+    wta_contrastive_loss,
+)
 
 
 def np_contrastive(h, pos, wp, wn, temperature, include_self, eps=1e-8):
@@ -162,3 +167,24 @@ def test_quantization_edge_cases():
         loss = quantization_loss(h)
     assert float(loss) == pytest.approx(1.0)
     assert np.all(np.isfinite(tape.gradient(loss, h).numpy()))
+
+
+def numpy_nt_xent(h_a, h_b, temperature, epsilon=1e-8):
+    """Instance contrast written plainly: each of the 2B views has one positive, its twin."""
+    z = np.concatenate([h_a, h_b]).astype(np.float64)
+    z /= np.linalg.norm(z, axis=1, keepdims=True)
+    logits = z @ z.T / temperature
+    n, total = len(h_a), 0.0
+    for i in range(2 * n):
+        twin = (i + n) % (2 * n)
+        negatives = sum(np.exp(logits[i, k]) for k in range(2 * n) if k not in (i, twin))
+        total += -(logits[i, twin] - np.log(negatives + epsilon))
+    return total / (2 * n)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_instance_contrastive_loss_matches_numpy_nt_xent(seed):
+    rng = np.random.default_rng(seed)
+    h_a, h_b = rng.normal(size=(2, 5, 8)).astype(np.float32)
+    value = instance_contrastive_loss(h_a, h_b, temperature=0.5)
+    np.testing.assert_allclose(float(value), numpy_nt_xent(h_a, h_b, 0.5), rtol=1e-4)

@@ -193,7 +193,22 @@ def test_wta_similarity_config_round_trip():
     for key, value in layer(codes).items():
         np.testing.assert_array_equal(keras.ops.convert_to_numpy(clone(codes)[key]), value)
     restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(layer))
-    assert isinstance(restored, wta.WTASimilarity) and restored.tau == 0.3
+    assert isinstance(restored, wta.WTASimilarity)
+    assert restored.tau == pytest.approx(0.3)  # stored as a float32 weight
+
+
+def test_wta_similarity_set_thresholds_changes_targets_and_validates():
+    layer = wta.WTASimilarity(0.3, 0.9, 0.05, window=4)
+    codes = np.random.default_rng(8).integers(0, 4, size=(6, 32))
+    new = wta.WTAThresholds(tau=0.5, s_max=0.8, s_min=0.1)
+    layer.set_thresholds(new)
+    similarity = keras.ops.convert_to_numpy(wta.batch_similarity(codes, codes, 4))
+    expected = wta.pair_targets(similarity, 0.5, 0.8, 0.1)
+    for key, value in expected.items():
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(layer(codes)[key]), value, atol=1e-6)
+    assert layer.get_config()["tau"] == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="s_min <= tau"):
+        layer.set_thresholds(wta.WTAThresholds(tau=0.9, s_max=0.5, s_min=0.1))
 
 
 def test_wta_similarity_rejects_inconsistent_thresholds():
