@@ -1,0 +1,134 @@
+"""Backbones mapping images with pixels in [0, 255] to feature vectors (DESIGN §2.2).
+
+`small_cnn` is trained from scratch on small images; `vgg16` (fc7, the usual
+protocol of the hashing literature), `resnet50` (the authors' released code) and
+`efficientnetb0` come from `keras.applications`, each with its own input
+preprocessing built in, so callers always feed raw pixels.
+"""
+
+from __future__ import annotations
+
+import os
+
+import keras
+
+BACKBONES = ("small_cnn", "vgg16", "resnet50", "efficientnetb0")
+PRETRAINED_INPUT_SIZE = 224
+
+
+def small_cnn(input_shape: tuple[int, int, int], width: int = 32) -> keras.Model:
+    """Three stages of two 3×3 conv-BN-ReLU blocks (width, 2·width, 4·width), then
+    global average pooling: (batch, H, W, C) → (batch, 4·width)."""
+    inputs = keras.Input(input_shape, name="pixels")
+    x = keras.layers.Rescaling(1.0 / 255.0)(inputs)
+    for stage, filters in enumerate((width, 2 * width, 4 * width)):
+        if stage:
+            x = keras.layers.MaxPooling2D()(x)
+        for _ in range(2):
+            x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False)(x)
+            x = keras.layers.BatchNormalization()(x)
+            x = keras.layers.ReLU()(x)
+    features = keras.layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, features, name="backbone")
+
+
+def _resolve_weights(weights: str) -> str | None:
+    if weights == "none":
+        return None
+    if weights == "imagenet":
+        return "imagenet"
+    if not os.path.isfile(weights):
+        raise FileNotFoundError(
+            f"`weights` must be 'imagenet', 'none' or an existing weights file. "
+            f"Received: weights={weights!r} (no such file)"
+        )
+    return weights
+
+
+@keras.saving.register_keras_serializable(package="harr_tf")
+class ImageNetPreprocess(keras.layers.Layer):
+    """The input preprocessing a keras.applications model was trained with.
+
+    A layer rather than a Lambda so that `.keras` files load in safe mode.
+
+    Args:
+        mode: `"caffe"` (VGG16, ResNet50: BGR, mean-centred) or `"none"`
+            (EfficientNet normalises inside the model).
+    """
+
+    def __init__(self, mode: str, **kwargs) -> None:
+        super().__init__(**kwargs)
+        if mode not in ("caffe", "none"):
+            raise ValueError(f"Expected mode 'caffe' or 'none'. Received: mode={mode!r}")
+        self.mode = mode
+
+    def call(self, images):
+        if self.mode == "none":
+            return images
+        return keras.applications.imagenet_utils.preprocess_input(images, mode="caffe")
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "mode": self.mode}
+
+
+def _application(name: str, weights: str | None) -> tuple[keras.Model, str]:
+    """The keras.applications model cut at its feature layer, and its preprocessing mode."""
+    apps = keras.applications
+    shape = (PRETRAINED_INPUT_SIZE, PRETRAINED_INPUT_SIZE, 3)
+    if name == "vgg16":
+        full = apps.VGG16(include_top=True, weights=weights, input_shape=shape)
+        model = keras.Model(full.input, full.get_layer("fc2").output)  # fc7
+        return model, "caffe"
+    if name == "resnet50":
+        model = apps.ResNet50(include_top=False, weights=weights, input_shape=shape, pooling="avg")
+        return model, "caffe"
+    model = apps.EfficientNetB0(
+        include_top=False, weights=weights, input_shape=shape, pooling="avg"
+    )
+    return model, "none"
+
+
+def pretrained_backbone(
+    name: str, input_shape: tuple[int, int, int], weights: str = "imagenet"
+) -> keras.Model:
+    """A keras.applications backbone for raw pixels of `input_shape`.
+
+    Grayscale is repeated to three channels and images are resized to 224×224
+    inside the model. `weights` is 'imagenet', 'none' or a local weights file;
+    without network access 'imagenet' fails with a message saying what to do.
+    """
+    resolved = _resolve_weights(weights)
+    try:
+        application, mode = _application(name, resolved)
+    except Exception as error:  # keras.utils.get_file raises a bare Exception offline.
+        if resolved != "imagenet":
+            raise
+        raise RuntimeError(
+            f"Could not download the ImageNet weights of {name} ({error}). Without "
+            "network access, pass `--weights none` to train from scratch, or "
+            "`--weights PATH` with a local weights file."
+        ) from error
+    inputs = keras.Input(input_shape, name="pixels")
+    x = inputs
+    if input_shape[-1] == 1:
+        x = keras.layers.Concatenate()([x, x, x])
+    x = keras.layers.Resizing(PRETRAINED_INPUT_SIZE, PRETRAINED_INPUT_SIZE)(x)
+    x = ImageNetPreprocess(mode)(x)
+    features = application(x)
+    return keras.Model(inputs, features, name="backbone")
+
+
+def build_backbone(
+    name: str, input_shape: tuple[int, int, int], weights: str = "none", width: int = 32
+) -> keras.Model:
+    """Any backbone of `BACKBONES` by name, named "backbone": (batch, H, W, C) → (batch, d)."""
+    if name == "small_cnn":
+        if weights != "none":
+            raise ValueError(
+                f"small_cnn trains from scratch: it has no pretrained weights. "
+                f"Received: weights={weights!r}"
+            )
+        return small_cnn(input_shape, width)
+    if name not in BACKBONES:
+        raise ValueError(f"Unknown backbone. Expected one of {BACKBONES}. Received: {name!r}")
+    return pretrained_backbone(name, input_shape, weights)

@@ -1,0 +1,121 @@
+"""Configuration of a HARR run as frozen dataclasses (DESIGN §2 defaults).
+
+`train.py` maps flags and an optional YAML file onto these; nothing reads
+module-level globals. `to_dict`/`from_dict` give the resolved config saved with a run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from harr_tf.data.augment import AugmentConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class WTAConfig:
+    """The similarity structure: P permutations of window K, positive fraction ρ."""
+
+    num_permutations: int = 512
+    window: int = 8
+    positive_fraction: float = 0.3
+    max_pairs: int = 1_000_000
+    refresh_every: int = 0  # epochs between rebuilds from the backbone's features; 0 = never
+
+
+@dataclasses.dataclass(frozen=True)
+class LossConfig:
+    """Loss weights: L = L_sim + η₁·L_bcr + η₂·L_q, with temperature T in L_sim."""
+
+    temperature: float = 0.1
+    bcr_weight: float = 1.0
+    quantization_weight: float = 0.5
+    off_diagonal_weight: float = 1.0
+    include_self: bool = False
+    similarity_weight: float = 1.0
+    guidance: str = "wta"  # or "instance": plain instance contrast (ablation)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Backbone and hash head."""
+
+    backbone: str = "small_cnn"
+    weights: str = "none"
+    width: int = 32
+    beta: float = 1.0
+    beta_growth: float = 0.0
+    backbone_lr_multiplier: float = 0.01
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Everything a run needs; the run directory stores it resolved."""
+
+    dataset: str = "fashion_mnist"
+    data_dir: str | None = None
+    protocol: str = "standard"
+    bits: tuple[int, ...] = (16, 32, 64)
+    epochs: int = 30
+    steps_per_epoch: int | None = None
+    batch_size: int = 128
+    train_size: int | str | None = None  # None: the protocol's; "all": the whole database
+    learning_rate: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 1e-5
+    eval_every: int = 5
+    validation_database_size: int = 10_000
+    seed: int = 0
+    wta: WTAConfig = WTAConfig()
+    loss: LossConfig = LossConfig()
+    model: ModelConfig = ModelConfig()
+    augment: AugmentConfig = AugmentConfig()
+
+    def __post_init__(self) -> None:
+        for bits in self.bits:
+            if bits < 8 or bits % 8:
+                raise ValueError(
+                    "Every code length must be a positive multiple of 8 (codes are packed "
+                    f"to bytes). Received: bits={bits}"
+                )
+        if not (self.train_size in (None, "all") or isinstance(self.train_size, int)):
+            raise ValueError(
+                f"`train_size` must be an integer or 'all'. "
+                f"Received: train_size={self.train_size!r}"
+            )
+        for name in ("epochs", "batch_size", "eval_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"`{name}` must be >= 1. Received: {name}={getattr(self, name)}")
+
+
+def to_dict(config: Any) -> dict:
+    """A plain dict (tuples as lists) for YAML/JSON."""
+    return _plain(dataclasses.asdict(config))
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def from_dict(cls: type, values: dict) -> Any:
+    """Builds `cls` from a (possibly partial) nested dict, rejecting unknown keys."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise ValueError(
+            f"Unknown {cls.__name__} setting(s): {unknown}. Expected some of {sorted(fields)}."
+        )
+    kwargs = {}
+    for name, value in values.items():
+        default = fields[name].default
+        if dataclasses.is_dataclass(default):
+            kwargs[name] = from_dict(type(default), value or {})
+        elif isinstance(value, list):
+            kwargs[name] = tuple(value)
+        else:
+            kwargs[name] = value
+    return cls(**kwargs)

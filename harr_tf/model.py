@@ -1,0 +1,174 @@
+"""HarrModel: the HARR training step (DESIGN §2.4), and nothing else.
+
+Ma et al., "HARR: Learning Discriminative and High-quality Hash Codes for Image
+Retrieval", ACM TOMM 2024, https://doi.org/10.1145/3627162.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+import tensorflow as tf
+from keras import ops
+
+from harr_tf.layers import sign_codes
+from harr_tf.losses import (
+    bit_correlation_loss,
+    instance_contrastive_loss,
+    quantization_loss,
+    wta_contrastive_loss,
+)
+from harr_tf.wta import WTASimilarity
+
+
+@keras.saving.register_keras_serializable(package="harr_tf")
+class HarrModel(keras.Model):
+    """Trains `encoder` (pixels in [0, 255] → continuous codes h) with the HARR losses.
+
+    Each batch is a dict of views `a`, `b`, `w`, each (batch, H, W, C), and `wta`,
+    the stored WTA codes (batch, P) of the un-augmented images. The three views go
+    through the encoder as one concatenated batch.
+
+    Args:
+        encoder: a model whose "backbone" sub-model is scaled by
+            `backbone_lr_multiplier` and whose output is (batch, bits).
+        similarity: the `WTASimilarity` layer holding τ, s_max and s_min.
+        temperature: T of the contrastive loss. Defaults to 0.1.
+        bcr_weight: η₁, weight of the bit-correlation loss. Defaults to 1.0.
+        quantization_weight: η₂, weight of the quantization loss. Defaults to 0.5.
+        off_diagonal_weight: λ_off of the bit-correlation loss. Defaults to 1.0.
+        include_self: count i = j as a positive pair. Defaults to False.
+        similarity_weight: weight of L_sim (0 removes it, for ablations). Defaults to 1.0.
+        guidance: `"wta"` (HARR) or `"instance"` (plain instance contrast between
+            views W and A, the ablation of the WTA structure). Defaults to `"wta"`.
+        backbone_lr_multiplier: gradient scale of the backbone's weights (0.01 for
+            a pretrained backbone; with SGD this is a learning-rate multiplier).
+            Defaults to 1.0.
+    """
+
+    def __init__(
+        self,
+        encoder: keras.Model,
+        similarity: WTASimilarity,
+        temperature: float = 0.1,
+        bcr_weight: float = 1.0,
+        quantization_weight: float = 0.5,
+        off_diagonal_weight: float = 1.0,
+        include_self: bool = False,
+        similarity_weight: float = 1.0,
+        guidance: str = "wta",
+        backbone_lr_multiplier: float = 1.0,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if guidance not in ("wta", "instance"):
+            raise ValueError(f"Expected guidance 'wta' or 'instance'. Received: {guidance!r}")
+        self.similarity_weight = similarity_weight
+        self.guidance = guidance
+        self.encoder = encoder
+        self.similarity = similarity
+        self.temperature = temperature
+        self.bcr_weight = bcr_weight
+        self.quantization_weight = quantization_weight
+        self.off_diagonal_weight = off_diagonal_weight
+        self.include_self = include_self
+        self.backbone_lr_multiplier = backbone_lr_multiplier
+        self.trackers = {
+            name: keras.metrics.Mean(name=name)
+            for name in ("loss", "similarity_loss", "bcr_loss", "quantization_loss")
+        }
+        self.build()
+
+    def build(self, input_shape: Any = None) -> None:
+        # The functional encoder and the similarity layer's weights exist already:
+        # nothing waits for data, which `fit` under a distribution strategy expects.
+        self.similarity.build((None, None))
+        self.built = True
+
+    @property
+    def metrics(self) -> list:
+        return list(self.trackers.values())
+
+    def call(self, images: Any, training: bool = False) -> Any:
+        return self.encoder(images, training=training)
+
+    def encode(self, images: Any, batch_size: int = 256) -> Any:
+        """Binary codes (n, bits) int8 in {−1, +1} for pixels (n, H, W, C) in [0, 255]."""
+        return ops.convert_to_numpy(sign_codes(self.encoder.predict(images, batch_size, 0)))
+
+    def compute_losses(self, batch: dict, training: bool) -> dict:
+        """The three losses and their weighted total for one batch of views."""
+        views = ops.concatenate([batch["a"], batch["b"], batch["w"]], axis=0)
+        h_a, h_b, h_w = ops.split(self.encoder(views, training=training), 3, axis=0)
+        if self.guidance == "wta":
+            targets = self.similarity(batch["wta"])
+            similarity_loss = wta_contrastive_loss(
+                h_w,
+                targets["positive"],
+                targets["positive_weight"],
+                targets["negative_weight"],
+                temperature=self.temperature,
+                include_self=self.include_self,
+            )
+        else:
+            similarity_loss = instance_contrastive_loss(h_w, h_a, temperature=self.temperature)
+        losses = {
+            "similarity_loss": similarity_loss,
+            "bcr_loss": bit_correlation_loss(
+                h_a, h_b, off_diagonal_weight=self.off_diagonal_weight
+            ),
+            "quantization_loss": quantization_loss(h_w),
+        }
+        losses["loss"] = (
+            self.similarity_weight * losses["similarity_loss"]
+            + self.bcr_weight * losses["bcr_loss"]
+            + self.quantization_weight * losses["quantization_loss"]
+        )
+        return losses
+
+    def train_step(self, batch: dict) -> dict:
+        with tf.GradientTape() as tape:
+            losses = self.compute_losses(batch, training=True)
+            # Each replica sees its own slice; gradients are summed across replicas.
+            replicas = tf.distribute.get_strategy().num_replicas_in_sync
+            scaled = losses["loss"] / replicas
+        variables = self.encoder.trainable_variables
+        gradients = tape.gradient(scaled, variables)
+        backbone = {id(v) for v in self.encoder.get_layer("backbone").trainable_variables}
+        gradients = [
+            g * self.backbone_lr_multiplier if id(v) in backbone else g
+            for g, v in zip(gradients, variables, strict=True)
+        ]
+        self.optimizer.apply_gradients(zip(gradients, variables, strict=True))
+        return self._track(losses)
+
+    def test_step(self, batch: dict) -> dict:
+        return self._track(self.compute_losses(batch, training=False))
+
+    def _track(self, losses: dict) -> dict:
+        for name, value in losses.items():
+            self.trackers[name].update_state(value)
+        return {name: tracker.result() for name, tracker in self.trackers.items()}
+
+    def get_config(self) -> dict:
+        return {
+            **super().get_config(),
+            "encoder": keras.saving.serialize_keras_object(self.encoder),
+            "similarity": keras.saving.serialize_keras_object(self.similarity),
+            "temperature": self.temperature,
+            "bcr_weight": self.bcr_weight,
+            "quantization_weight": self.quantization_weight,
+            "off_diagonal_weight": self.off_diagonal_weight,
+            "include_self": self.include_self,
+            "similarity_weight": self.similarity_weight,
+            "guidance": self.guidance,
+            "backbone_lr_multiplier": self.backbone_lr_multiplier,
+        }
+
+    @classmethod
+    def from_config(cls, config: dict) -> HarrModel:
+        config = dict(config)
+        config["encoder"] = keras.saving.deserialize_keras_object(config["encoder"])
+        config["similarity"] = keras.saving.deserialize_keras_object(config["similarity"])
+        return cls(**config)
