@@ -1,0 +1,66 @@
+"""Table of the classical baselines (LSH, PCAH, ITQ): mAP@K per code length.
+
+    python benchmarks/baselines.py --dataset fashion_mnist --bits 16,32,64 --json baselines.json
+
+Same protocol split and evaluation code as every HARR number (DESIGN §3).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+from harr_tf.baselines import METHODS, evaluate_baseline, pixel_features
+from harr_tf.data import get_protocol, load_dataset, make_split
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", default="fashion_mnist", help="dataset spec (see README)")
+    parser.add_argument("--data-dir", help="local IDX directory for fashion_mnist/mnist")
+    parser.add_argument("--bits", default="16,32,64", help="comma-separated code lengths")
+    parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated baselines")
+    parser.add_argument("--protocol", default="standard", help="evaluation protocol name")
+    parser.add_argument("--seed", type=int, default=0, help="split and projection seed")
+    parser.add_argument("--json", help="write {method: {bits: mAP}} to this file")
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
+    bits_list = [int(b) for b in args.bits.split(",")]
+    methods = args.methods.split(",")
+    dataset = load_dataset(args.dataset, data_dir=args.data_dir)
+    if dataset.labels is None:
+        raise SystemExit(f"{args.dataset} has no labels: the baselines table needs them.")
+    protocol = get_protocol(args.protocol)
+    split = make_split(dataset.labels, dataset.num_items, protocol, seed=args.seed)
+    top_k = protocol.multi_label_top_k if dataset.multi_label else protocol.top_k
+    features = pixel_features(dataset.images)
+    print(
+        f"{dataset.name} ({dataset.source}): {len(split.query)} queries, "
+        f"{len(split.database)} database, {len(split.train)} training images, "
+        f"mAP@{top_k or 'all'}, pixel features"
+    )
+    results: dict[str, dict[str, float]] = {}
+    header = f"{'method':<8}" + "".join(f"{b:>10} bits" for b in bits_list) + f"{'seconds':>10}"
+    print(header)
+    for method in methods:
+        start = time.perf_counter()
+        results[method] = {
+            str(bits): evaluate_baseline(
+                method, features, dataset.labels, split, bits, top_k, seed=args.seed
+            )
+            for bits in bits_list
+        }
+        seconds = time.perf_counter() - start
+        row = "".join(f"{results[method][str(b)]:>15.3f}" for b in bits_list)
+        print(f"{method:<8}{row}{seconds:>10.1f}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,84 @@
+"""Classical hashing baselines — LSH, PCAH and ITQ — built from FAISS transforms.
+
+They give every HARR number its yardstick: the same feature source, the same split
+and the same evaluation code (`harr_tf.retrieval`).
+
+- LSH: random orthogonal projection of the centred features (Charikar, STOC 2002).
+- PCAH: the top-`bits` principal directions (Wang et al., CVPR 2010).
+- ITQ: PCA followed by the rotation that minimises quantisation error
+  (Gong & Lazebnik, CVPR 2011, https://doi.org/10.1109/CVPR.2011.5995432).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import faiss
+import numpy as np
+
+from harr_tf.data.splits import ProtocolSplit
+from harr_tf.retrieval import mean_average_precision
+
+METHODS = ("lsh", "pcah", "itq")
+
+
+def pixel_features(images: np.ndarray) -> np.ndarray:
+    """The default feature source: flattened pixels in [0, 1], (N, H·W·C) float32."""
+    return images.reshape(len(images), -1).astype(np.float32) / 255.0
+
+
+def train_hasher(
+    method: str, train_features: np.ndarray, bits: int, seed: int = 0
+) -> Callable[[np.ndarray], np.ndarray]:
+    """Fits a baseline on (N, d) features; returns its projection (n, d) → (n, bits).
+
+    The signs of the projection are the method's hash bits (see `hash_codes`).
+    """
+    if method not in METHODS:
+        raise ValueError(f"Unknown baseline. Expected one of {METHODS}. Received: {method!r}")
+    features = np.ascontiguousarray(train_features, dtype=np.float32)
+    dim = features.shape[1]
+    if not 1 <= bits <= dim:
+        raise ValueError(
+            f"`bits` must be between 1 and the feature dimension ({dim}). Received: bits={bits}"
+        )
+    if method == "lsh":
+        # Hyperplanes through the data's mean, not through the origin beside it.
+        mean = features.mean(axis=0)
+        rotation = faiss.RandomRotationMatrix(dim, bits)
+        rotation.init(seed)
+        return lambda x: rotation.apply(np.ascontiguousarray(x - mean, dtype=np.float32))
+    pca = faiss.PCAMatrix(dim, bits)
+    pca.train(features)
+    if method == "pcah":
+        return lambda x: pca.apply(np.ascontiguousarray(x, dtype=np.float32))
+    # Textbook ITQ rotates the PCA projection itself. (FAISS's ITQTransform also
+    # L2-normalises the centred inputs, which is not part of the method.)
+    rotation = faiss.ITQMatrix(bits)
+    rotation.train(pca.apply(features))
+    return lambda x: rotation.apply(pca.apply(np.ascontiguousarray(x, dtype=np.float32)))
+
+
+def hash_codes(project: Callable[[np.ndarray], np.ndarray], features: np.ndarray) -> np.ndarray:
+    """±1 int8 codes (n, bits): the sign of the projected features, 0 → +1."""
+    return np.where(project(features) >= 0, 1, -1).astype(np.int8)
+
+
+def evaluate_baseline(
+    method: str,
+    features: np.ndarray,
+    labels: np.ndarray,
+    split: ProtocolSplit,
+    bits: int,
+    top_k: int | None,
+    seed: int = 0,
+) -> float:
+    """mAP@top_k of one baseline: fitted on the training split, queries vs database."""
+    project = train_hasher(method, features[split.train], bits, seed)
+    return mean_average_precision(
+        hash_codes(project, features[split.query]),
+        hash_codes(project, features[split.database]),
+        labels[split.query],
+        labels[split.database],
+        top_k=top_k,
+    )

@@ -1,0 +1,85 @@
+"""LSH, PCAH and ITQ against NumPy, and ITQ's published-level quality on real data."""
+
+import numpy as np
+import pytest
+from conftest import require_fashion_mnist
+
+from harr_tf.baselines import evaluate_baseline, hash_codes, pixel_features, train_hasher
+
+
+def anisotropic_features(count=600, dim=12, seed=0):
+    """Features with clearly separated variances, so principal directions are well defined."""
+    rng = np.random.default_rng(seed)
+    scales = np.linspace(5.0, 0.5, dim)
+    return (rng.normal(size=(count, dim)) * scales + 3.0).astype(np.float32)
+
+
+def numpy_pca_projection(features, bits):
+    centred = features - features.mean(axis=0)
+    _, vectors = np.linalg.eigh(np.cov(centred, rowvar=False))
+    return centred @ vectors[:, ::-1][:, :bits]
+
+
+def test_pcah_codes_are_signs_of_numpy_pca_up_to_direction():
+    features = anisotropic_features()
+    codes = hash_codes(train_hasher("pcah", features, 4), features)
+    expected = np.where(numpy_pca_projection(features, 4) >= 0, 1, -1)
+    for bit in range(4):
+        agreement = np.mean(codes[:, bit] == expected[:, bit])
+        assert agreement in (0.0, 1.0)  # a principal direction's sign is arbitrary
+
+
+def test_itq_rotates_pca_and_lowers_quantisation_error():
+    features = anisotropic_features()
+    pca = numpy_pca_projection(features, 6)
+    itq = train_hasher("itq", features, 6)(features)
+    # A rotation keeps each projected vector's length...
+    np.testing.assert_allclose(
+        np.linalg.norm(itq, axis=1), np.linalg.norm(pca, axis=1), rtol=1e-3, atol=1e-3
+    )
+
+    def quantisation_error(v):
+        return np.sum((np.where(v >= 0, 1.0, -1.0) - v) ** 2)
+
+    # ...and ITQ chooses the one that brings the vectors closest to their binary codes.
+    scale = np.abs(pca).mean()
+    assert quantisation_error(itq / scale) < quantisation_error(pca / scale)
+
+
+def test_lsh_is_seeded_centred_and_orthogonal():
+    features = anisotropic_features()
+    first = train_hasher("lsh", features, 8, seed=1)(features)
+    again = train_hasher("lsh", features, 8, seed=1)(features)
+    other = train_hasher("lsh", features, 8, seed=2)(features)
+    np.testing.assert_array_equal(first, again)
+    assert not np.allclose(first, other)
+    # Centred data projects to zero-mean bits, which are then roughly balanced.
+    np.testing.assert_allclose(first.mean(axis=0), 0.0, atol=1e-3)
+    codes = hash_codes(train_hasher("lsh", features, 8, seed=1), features)
+    assert set(np.unique(codes)) == {-1, 1} and codes.dtype == np.int8
+
+
+def test_pixel_features_scale_to_unit_interval():
+    images = np.array([[[[0], [255]], [[51], [102]]]], dtype=np.uint8)
+    np.testing.assert_allclose(pixel_features(images), [[0.0, 1.0, 0.2, 0.4]])
+
+
+def test_bad_method_and_bits_are_rejected():
+    features = anisotropic_features(dim=4)
+    with pytest.raises(ValueError, match="Received: 'sh'"):
+        train_hasher("sh", features, 2)
+    with pytest.raises(ValueError, match="bits=5"):
+        train_hasher("itq", features, 5)
+
+
+def test_itq_64_bits_on_real_fashion_mnist_matches_the_literature():
+    from harr_tf.data import load_dataset, make_split
+
+    dataset = load_dataset("fashion_mnist", data_dir=require_fashion_mnist())
+    split = make_split(dataset.labels, dataset.num_items, "standard", seed=0)
+    features = pixel_features(dataset.images)
+    value = evaluate_baseline("itq", features, dataset.labels, split, 64, top_k=1000)
+    # DESIGN §3: ITQ on Fashion-MNIST pixels, 1,000 queries vs 69,000, mAP@1000 ≈ 0.649.
+    # Measured here: 0.673 at seed 0, 0.671 ± 0.009 over split seeds 0-7 (the query
+    # set moves every method together by about ±0.015), so the band is ±0.03.
+    assert abs(value - 0.649) <= 0.03
