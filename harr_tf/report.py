@@ -1,0 +1,102 @@
+"""What a run shows: `metrics.json`, the results table, and plots as PNG (and in
+TensorBoard): precision–recall over Hamming radii, precision@N, and a grid of
+queries with their top-10 retrieved images."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from harr_tf.baselines import METHODS  # noqa: E402
+from harr_tf.config import TrainConfig  # noqa: E402
+from harr_tf.data import ProtocolSplit  # noqa: E402
+from harr_tf.retrieval import hamming_distances  # noqa: E402
+
+
+def read_metrics(path: str, config: TrainConfig, top_k: int | None) -> dict:
+    """The run's metrics so far (a resumed run keeps earlier code lengths)."""
+    if os.path.exists(path):
+        with open(path) as f:
+            return json.load(f)
+    return {"dataset": config.dataset, "top_k": top_k, "results": {}, "baselines": {}}
+
+
+def results_table(metrics: dict) -> str:
+    """mAP@K of HARR next to the baselines, one column per code length."""
+    bits = sorted(metrics["results"], key=int)
+    k = metrics["top_k"] or "all"
+    lines = [f"{'method':<8}" + "".join(f"{b + ' bits':>10}" for b in bits) + f"   (mAP@{k})"]
+    lines.append(f"{'HARR':<8}" + "".join(f"{metrics['results'][b]['map']:>10.3f}" for b in bits))
+    for method in METHODS:
+        values = metrics["baselines"].get(method, {})
+        cells = "".join(f"{values[b]:>10.3f}" if b in values else f"{'-':>10}" for b in bits)
+        lines.append(f"{method.upper():<8}{cells}")
+    return "\n".join(lines)
+
+
+def write_plots(
+    run_dir: str,
+    bits: int,
+    result: dict,
+    images: np.ndarray,
+    split: ProtocolSplit,
+    query_codes: np.ndarray,
+    database_codes: np.ndarray,
+) -> None:
+    """PNG plots under RUN/plots/ and the same images in RUN/bits_B/logs."""
+    plots = os.path.join(run_dir, "plots")
+    os.makedirs(plots, exist_ok=True)
+    figures = {
+        "pr_curve": _pr_figure(result, bits),
+        "precision_at_n": _precision_at_n_figure(result, bits),
+        "retrieval_grid": _grid_figure(images, split, query_codes, database_codes, bits),
+    }
+    writer = tf.summary.create_file_writer(os.path.join(run_dir, f"bits_{bits}", "logs", "eval"))
+    for name, figure in figures.items():
+        path = os.path.join(plots, f"{name}_{bits}.png")
+        figure.savefig(path, dpi=100, bbox_inches="tight")
+        plt.close(figure)
+        png = tf.io.decode_png(tf.io.read_file(path), channels=4)
+        with writer.as_default():
+            tf.summary.image(name, png[None], step=0)
+    writer.close()
+
+
+def _pr_figure(result: dict, bits: int):
+    figure, axis = plt.subplots(figsize=(4, 4))
+    curve = result["pr_curve"]
+    axis.plot(curve["recall"], curve["precision"], marker=".")
+    axis.set(xlabel="recall", ylabel="precision", title=f"PR over Hamming radii, {bits} bits")
+    return figure
+
+
+def _precision_at_n_figure(result: dict, bits: int):
+    figure, axis = plt.subplots(figsize=(4, 4))
+    ns = sorted(result["precision_at_n"], key=int)
+    axis.plot([int(n) for n in ns], [result["precision_at_n"][n] for n in ns], marker=".")
+    axis.set(xscale="log", xlabel="N", ylabel="precision@N", title=f"precision@N, {bits} bits")
+    return figure
+
+
+def _grid_figure(images, split, query_codes, database_codes, bits, queries=8, top=10):
+    """Each row: a query, then its top-10 database images by Hamming distance."""
+    rows = np.linspace(0, len(query_codes) - 1, queries).astype(int)
+    distances = hamming_distances(query_codes[rows], database_codes)
+    ranked = np.argsort(distances, axis=1, kind="stable")[:, :top]
+    figure, axes = plt.subplots(queries, top + 1, figsize=(top + 1, queries))
+    cmap = "gray" if images.shape[-1] == 1 else None
+    for r, query in enumerate(rows):
+        row = [images[split.query[query]]] + [images[split.database[i]] for i in ranked[r]]
+        for c, image in enumerate(row):
+            axes[r, c].imshow(image.squeeze(), cmap=cmap)
+            axes[r, c].axis("off")
+    axes[0, 0].set_title("query", fontsize=8)
+    figure.suptitle(f"Top-{top} by Hamming distance, {bits} bits")
+    return figure

@@ -1,0 +1,178 @@
+"""Train HARR hash codes without labels, evaluate them, and compare with LSH/PCAH/ITQ.
+
+With no arguments: the default configuration on Fashion-MNIST (TFDS, or the local
+IDX files when TFDS cannot download), 16/32/64 bits, ending with the mAP table.
+Precedence: built-in defaults < --config FILE.yaml (or the saved config of the run
+being resumed) < flags given on the command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import sys
+import time
+
+import yaml
+
+# (flag, config section or None, field, type, help)
+FLAGS = [
+    (
+        "--dataset",
+        None,
+        "dataset",
+        str,
+        "fashion_mnist | mnist | cifar10 | tfds:NAME[:SPLIT] | idx:DIR | folder:DIR | npz:FILE",
+    ),
+    (
+        "--data-dir",
+        None,
+        "data_dir",
+        str,
+        "local IDX directory when TFDS cannot download "
+        "(else $HARR_DATA_DIR, then /usr/share/datasets/fashion-mnist)",
+    ),
+    ("--protocol", None, "protocol", str, "evaluation protocol: standard | cifar10-i | authors"),
+    (
+        "--bits",
+        None,
+        "bits",
+        lambda s: tuple(int(b) for b in s.split(",")),
+        "comma-separated code lengths, one model each (multiples of 8)",
+    ),
+    ("--epochs", None, "epochs", int, "training epochs per model"),
+    (
+        "--steps-per-epoch",
+        None,
+        "steps_per_epoch",
+        int,
+        "batches per epoch (default: one pass over the training images)",
+    ),
+    ("--batch-size", None, "batch_size", int, "images per batch"),
+    (
+        "--train-size",
+        None,
+        "train_size",
+        lambda s: s if s == "all" else int(s),
+        "training images: N (spread evenly over classes) or 'all' of the database",
+    ),
+    (
+        "--learning-rate",
+        None,
+        "learning_rate",
+        float,
+        "SGD learning rate of the head (cosine decay to 0)",
+    ),
+    ("--weight-decay", None, "weight_decay", float, "SGD weight decay"),
+    ("--eval-every", None, "eval_every", int, "epochs between validation mAP evaluations"),
+    ("--seed", None, "seed", int, "seed of the split, WTA table, augmentation and weights"),
+    ("--backbone", "model", "backbone", str, "small_cnn | vgg16 | resnet50 | efficientnetb0"),
+    ("--weights", "model", "weights", str, "imagenet | none | PATH of a weights file"),
+    ("--width", "model", "width", int, "small_cnn channels of the first stage"),
+    ("--beta", "model", "beta", float, "initial tanh scale β of the hash head"),
+    ("--beta-growth", "model", "beta_growth", float, "β grows by this fraction per epoch"),
+    ("--temperature", "loss", "temperature", float, "contrastive temperature T"),
+    ("--bcr-weight", "loss", "bcr_weight", float, "η₁, weight of the bit-correlation loss"),
+    (
+        "--quantization-weight",
+        "loss",
+        "quantization_weight",
+        float,
+        "η₂, weight of the quantization loss",
+    ),
+    (
+        "--include-self",
+        "loss",
+        "include_self",
+        lambda s: s.lower() in ("1", "true", "yes"),
+        "count i = j as a positive pair (true/false)",
+    ),
+    ("--permutations", "wta", "num_permutations", int, "P, number of WTA permutations"),
+    ("--window", "wta", "window", int, "K, WTA window size"),
+    (
+        "--positive-fraction",
+        "wta",
+        "positive_fraction",
+        float,
+        "ρ, fraction of pairs treated as positive",
+    ),
+]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    for flag, _, field, kind, text in FLAGS:
+        parser.add_argument(flag, dest=field, type=kind, default=None, help=text)
+    parser.add_argument("--config", help="YAML file of settings (as in a run's config.yaml)")
+    parser.add_argument("--run-dir", help="run directory (default: runs/<date-time>)")
+    parser.add_argument(
+        "--resume", action="store_true", help="continue the run in --run-dir from its last epoch"
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    return parser.parse_args(argv)
+
+
+def resolve_config(args: argparse.Namespace):
+    """Defaults, then the YAML file (or the resumed run's config), then flags."""
+    from harr_tf.config import TrainConfig, from_dict, to_dict
+
+    values: dict = {}
+    source = args.config
+    if args.resume:
+        if not args.run_dir or not os.path.exists(os.path.join(args.run_dir, "config.yaml")):
+            raise SystemExit(
+                f"--resume needs --run-dir of an existing run (with config.yaml). "
+                f"Received: --run-dir {args.run_dir}"
+            )
+        source = os.path.join(args.run_dir, "config.yaml")
+    if source:
+        if not os.path.isfile(source):
+            raise SystemExit(f"--config: no such file. Received: {source}")
+        with open(source) as f:
+            values = yaml.safe_load(f) or {}
+        if not isinstance(values, dict):
+            raise SystemExit(f"{source} must hold a mapping of settings.")
+    values = to_dict(from_dict(TrainConfig, values))
+    for _, section, field, _, _ in FLAGS:
+        given = getattr(args, field)
+        if given is not None:
+            (values[section] if section else values)[field] = given
+    return from_dict(TrainConfig, values)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from harr_tf.report import results_table
+    from harr_tf.run import TrainingDiverged, run
+
+    try:
+        config = resolve_config(args)
+    except ValueError as error:
+        raise SystemExit(f"Invalid configuration: {error}") from error
+    run_dir = args.run_dir or os.path.join("runs", time.strftime("%Y%m%d-%H%M%S"))
+    if os.path.exists(os.path.join(run_dir, "config.yaml")) and not args.resume:
+        raise SystemExit(
+            f"{run_dir} already holds a run: pass --resume to continue it, or another --run-dir."
+        )
+    logging.getLogger("harr_tf").info(
+        "Run directory: %s\n%s", run_dir, yaml.safe_dump(dataclasses.asdict(config))
+    )
+    try:
+        metrics = run(config, run_dir, verbose=0 if args.quiet else 1)
+    except (TrainingDiverged, ValueError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    if metrics["results"]:
+        print(results_table(metrics))
+    print(f"Run directory: {run_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
