@@ -92,6 +92,13 @@ FLAGS = [
     ("--permutations", "wta", "num_permutations", int, "P, number of WTA permutations"),
     ("--window", "wta", "window", int, "K, WTA window size"),
     (
+        "--refresh-every",
+        "wta",
+        "refresh_every",
+        int,
+        "rebuild the WTA structure from the backbone's own features every N epochs (0: never)",
+    ),
+    (
         "--positive-fraction",
         "wta",
         "positive_fraction",

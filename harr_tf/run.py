@@ -234,8 +234,9 @@ def run(config: TrainConfig, run_dir: str, verbose: int = 1) -> dict:
             logger.warning("%s has no labels: skipping the evaluation.", config.dataset)
             continue
         images = data.dataset.images
-        query_codes = encode_images(encoder, images[data.split.query])
-        database_codes = encode_images(encoder, images[data.split.database])
+        progress = verbose > 0
+        query_codes = encode_images(encoder, images[data.split.query], progress=progress)
+        database_codes = encode_images(encoder, images[data.split.database], progress=progress)
         result = evaluate(
             query_codes,
             database_codes,
