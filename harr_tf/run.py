@@ -68,12 +68,17 @@ def load_run_data(config: TrainConfig) -> RunData:
     """Loads the dataset and draws the protocol split (`train_size` overrides it)."""
     dataset = load_dataset(config.dataset, data_dir=config.data_dir)
     protocol = get_protocol(config.protocol)
-    if config.train_size is not None:
-        if dataset.labels is None or dataset.multi_label:
-            protocol = dataclasses.replace(protocol, multi_label_train=config.train_size)
+    size = config.train_size
+    if size is not None:
+        everything = size == "all"
+        if dataset.labels is None:
+            protocol = dataclasses.replace(protocol, unlabeled_train=None if everything else size)
+        elif dataset.multi_label:
+            rest = dataset.num_items - protocol.multi_label_query - protocol.multi_label_validation
+            protocol = dataclasses.replace(protocol, multi_label_train=rest if everything else size)
         else:
             classes = len(np.unique(dataset.labels))
-            per_class = config.train_size // classes if config.train_size > 0 else None
+            per_class = None if everything else max(1, size // classes)
             protocol = dataclasses.replace(protocol, train_per_class=per_class)
     split = make_split(dataset.labels, dataset.num_items, protocol, seed=config.seed)
     top_k = protocol.multi_label_top_k if dataset.multi_label else protocol.top_k
