@@ -18,7 +18,7 @@ class WTAConfig:
 
     num_permutations: int = 512
     window: int = 8
-    positive_fraction: float = 0.3
+    positive_fraction: float = 0.05
     max_pairs: int = 1_000_000
     refresh_every: int = 0  # epochs between rebuilds from the backbone's features; 0 = never
 
@@ -31,7 +31,7 @@ class LossConfig:
     bcr_weight: float = 1.0
     quantization_weight: float = 0.5
     off_diagonal_weight: float = 1.0
-    include_self: bool = False
+    include_self: bool = True
     similarity_weight: float = 1.0
     guidance: str = "wta"  # or "instance": plain instance contrast (ablation)
 
@@ -42,7 +42,7 @@ class ModelConfig:
 
     backbone: str = "small_cnn"
     weights: str = "none"
-    width: int = 32
+    width: int = 16
     beta: float = 1.0
     beta_growth: float = 0.0
     backbone_lr_multiplier: float = 0.01
@@ -63,7 +63,7 @@ class TrainConfig:
     learning_rate: float = 0.05
     momentum: float = 0.9
     weight_decay: float = 1e-5
-    eval_every: int = 5
+    eval_every: int = 10
     validation_database_size: int = 10_000
     seed: int = 0
     wta: WTAConfig = WTAConfig()
