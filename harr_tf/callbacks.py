@@ -7,24 +7,11 @@ import os
 
 import keras
 import numpy as np
-from tqdm import tqdm
 
 from harr_tf.config import WTAConfig
-from harr_tf.layers import sign_codes
+from harr_tf.encoder import encode_images
 from harr_tf.retrieval import mean_average_precision
 from harr_tf.wta import encode_wta, estimate_thresholds, make_permutation_table
-
-
-def encode_images(
-    encoder: keras.Model, images: np.ndarray, batch_size: int = 512, progress: bool = False
-) -> np.ndarray:
-    """±1 int8 codes (n, bits) of pixels (n, H, W, C), in order, without augmentation."""
-    codes = []
-    starts = range(0, len(images), batch_size)
-    for start in tqdm(starts, desc="encoding", unit="batch", disable=not progress):
-        chunk = images[start : start + batch_size].astype(np.float32)
-        codes.append(keras.ops.convert_to_numpy(sign_codes(encoder(chunk, training=False))))
-    return np.concatenate(codes) if codes else np.zeros((0, encoder.output_shape[-1]), np.int8)
 
 
 class RetrievalEvaluation(keras.callbacks.Callback):

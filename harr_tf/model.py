@@ -9,10 +9,11 @@ from __future__ import annotations
 from typing import Any
 
 import keras
+import numpy as np
 import tensorflow as tf
 from keras import ops
 
-from harr_tf.layers import sign_codes
+from harr_tf.encoder import encode_images
 from harr_tf.losses import (
     bit_correlation_loss,
     instance_contrastive_loss,
@@ -93,9 +94,9 @@ class HarrModel(keras.Model):
     def call(self, images: Any, training: bool = False) -> Any:
         return self.encoder(images, training=training)
 
-    def encode(self, images: Any, batch_size: int = 256) -> Any:
+    def encode(self, images: np.ndarray, batch_size: int = 512) -> np.ndarray:
         """Binary codes (n, bits) int8 in {−1, +1} for pixels (n, H, W, C) in [0, 255]."""
-        return ops.convert_to_numpy(sign_codes(self.encoder.predict(images, batch_size, 0)))
+        return encode_images(self.encoder, images, batch_size)
 
     def compute_losses(self, batch: dict, training: bool) -> dict:
         """The three losses and their weighted total for one batch of views."""

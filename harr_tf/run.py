@@ -21,14 +21,13 @@ from harr_tf.callbacks import (
     RetrievalEvaluation,
     StopOnNonFiniteLoss,
     WTARefresh,
-    encode_images,
     write_json_atomically,
 )
 from harr_tf.config import TrainConfig, to_dict
 from harr_tf.data import ImageDataset, ProtocolSplit, get_protocol, load_dataset, make_split
 from harr_tf.data.augment import ViewAugmenter
 from harr_tf.data.pipeline import training_dataset
-from harr_tf.encoder import build_encoder
+from harr_tf.encoder import build_encoder, encode_images
 from harr_tf.model import HarrModel
 from harr_tf.retrieval import evaluate
 from harr_tf.wta import (

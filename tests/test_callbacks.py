@@ -14,10 +14,9 @@ from harr_tf.callbacks import (
     RetrievalEvaluation,
     StopOnNonFiniteLoss,
     WTARefresh,
-    encode_images,
 )
 from harr_tf.config import ModelConfig
-from harr_tf.encoder import build_encoder
+from harr_tf.encoder import build_encoder, encode_images
 from harr_tf.model import HarrModel
 from harr_tf.retrieval import mean_average_precision
 from harr_tf.wta import WTASimilarity
