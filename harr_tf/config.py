@@ -10,6 +10,7 @@ import dataclasses
 from typing import Any
 
 from harr_tf.data.augment import AugmentConfig
+from harr_tf.layers import validate_bits
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,11 +74,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         for bits in self.bits:
-            if bits < 8 or bits % 8:
-                raise ValueError(
-                    "Every code length must be a positive multiple of 8 (codes are packed "
-                    f"to bytes). Received: bits={bits}"
-                )
+            validate_bits(bits)
         if not (self.train_size in (None, "all") or isinstance(self.train_size, int)):
             raise ValueError(
                 f"`train_size` must be an integer or 'all'. "

@@ -8,7 +8,8 @@ import keras
 from keras import ops
 
 
-def _validate_bits(bits: Any) -> int:
+def validate_bits(bits: Any) -> int:
+    """`bits` when it is a code length the project can pack to bytes, else a clear error."""
     if isinstance(bits, bool) or not isinstance(bits, int) or bits < 8 or bits % 8:
         raise ValueError(
             "`bits` must be a positive multiple of 8 (codes are packed to bytes). "
@@ -38,7 +39,7 @@ class HashHead(keras.layers.Layer):
 
     def __init__(self, bits: int, beta: float = 1.0, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.bits = _validate_bits(bits)
+        self.bits = validate_bits(bits)
         if not beta > 0:
             raise ValueError(f"`beta` must be > 0. Received: beta={beta!r}")
         self.initial_beta = float(beta)
