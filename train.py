@@ -89,6 +89,14 @@ FLAGS = [
         lambda s: s.lower() in ("1", "true", "yes"),
         "count i = j as a positive pair (true/false)",
     ),
+    (
+        "--wta-features",
+        "wta",
+        "features",
+        str,
+        "what the WTA structure ranks: smoothed_pixels (contrast-normalised, blurred, "
+        "standardised) | pixels",
+    ),
     ("--permutations", "wta", "num_permutations", int, "P, number of WTA permutations"),
     ("--window", "wta", "window", int, "K, WTA window size"),
     (

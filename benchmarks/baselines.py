@@ -11,8 +11,9 @@ import argparse
 import json
 import time
 
-from harr_tf.baselines import METHODS, evaluate_baseline, pixel_features
+from harr_tf.baselines import METHODS, evaluate_baseline
 from harr_tf.data import get_protocol, load_dataset, make_split
+from harr_tf.features import pixel_features
 
 
 def parse_args() -> argparse.Namespace:

@@ -22,11 +22,6 @@ from harr_tf.retrieval import mean_average_precision
 METHODS = ("lsh", "pcah", "itq")
 
 
-def pixel_features(images: np.ndarray) -> np.ndarray:
-    """The default feature source: flattened pixels in [0, 1], (N, H·W·C) float32."""
-    return images.reshape(len(images), -1).astype(np.float32) / 255.0
-
-
 def train_hasher(
     method: str, train_features: np.ndarray, bits: int, seed: int = 0
 ) -> Callable[[np.ndarray], np.ndarray]:

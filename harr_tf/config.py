@@ -10,18 +10,24 @@ import dataclasses
 from typing import Any
 
 from harr_tf.data.augment import AugmentConfig
+from harr_tf.features import validate_feature_source
 from harr_tf.layers import validate_bits
 
 
 @dataclasses.dataclass(frozen=True)
 class WTAConfig:
-    """The similarity structure: P permutations of window K, positive fraction ρ."""
+    """The similarity structure: P permutations of window K over a feature source,
+    positive fraction ρ."""
 
+    features: str = "smoothed_pixels"  # one of harr_tf.features.FEATURE_SOURCES
     num_permutations: int = 512
-    window: int = 8
+    window: int = 4
     positive_fraction: float = 0.05
     max_pairs: int = 1_000_000
     refresh_every: int = 0  # epochs between rebuilds from the backbone's features; 0 = never
+
+    def __post_init__(self) -> None:
+        validate_feature_source(self.features)
 
 
 @dataclasses.dataclass(frozen=True)

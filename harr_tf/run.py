@@ -14,7 +14,7 @@ import tensorflow as tf
 import yaml
 
 from harr_tf import report
-from harr_tf.baselines import METHODS, evaluate_baseline, pixel_features
+from harr_tf.baselines import METHODS, evaluate_baseline
 from harr_tf.callbacks import (
     BetaSchedule,
     ResumableCheckpoint,
@@ -28,6 +28,7 @@ from harr_tf.data import ImageDataset, ProtocolSplit, get_protocol, load_dataset
 from harr_tf.data.augment import ViewAugmenter
 from harr_tf.data.pipeline import training_dataset
 from harr_tf.encoder import build_encoder, encode_images
+from harr_tf.features import pixel_features, wta_features
 from harr_tf.model import HarrModel
 from harr_tf.retrieval import evaluate
 from harr_tf.wta import (
@@ -84,9 +85,10 @@ def load_run_data(config: TrainConfig) -> RunData:
     return RunData(dataset, split, top_k)
 
 
-def build_wta_structure(features: np.ndarray, config: TrainConfig) -> WTAStructure:
-    """WTA codes of `features` (n, d) and the thresholds τ, s_max, s_min."""
+def build_wta_structure(train_images: np.ndarray, config: TrainConfig) -> WTAStructure:
+    """WTA codes of the training images' configured features, and τ, s_max, s_min."""
     wta = config.wta
+    features = wta_features(train_images, wta.features)
     table = make_permutation_table(
         features.shape[1], wta.num_permutations, wta.window, seed=config.seed
     )
@@ -219,8 +221,7 @@ def run(config: TrainConfig, run_dir: str, verbose: int = 1) -> dict:
         yaml.safe_dump(to_dict(config), f, sort_keys=False)
     data.split.save(os.path.join(run_dir, "split.npz"))
     logger.info("Data: %s from %s", data.dataset.name, data.dataset.source)
-    features = pixel_features(data.dataset.images)
-    wta = build_wta_structure(features[data.split.train], config)
+    wta = build_wta_structure(data.dataset.images[data.split.train], config)
     np.savez(
         os.path.join(run_dir, "wta.npz"),
         table=wta.table,
@@ -230,6 +231,7 @@ def run(config: TrainConfig, run_dir: str, verbose: int = 1) -> dict:
     metrics_path = os.path.join(run_dir, "metrics.json")
     metrics = report.read_metrics(metrics_path, config, data.top_k)
     labels = data.dataset.labels
+    pixels = pixel_features(data.dataset.images)  # the baselines' feature source
     for bits in config.bits:
         directory = os.path.join(run_dir, f"bits_{bits}")
         encoder, seconds = train_code_length(config, bits, data, wta, directory, verbose)
@@ -254,7 +256,7 @@ def run(config: TrainConfig, run_dir: str, verbose: int = 1) -> dict:
         metrics["results"][str(bits)] = result
         for method in METHODS:
             metrics["baselines"].setdefault(method, {})[str(bits)] = evaluate_baseline(
-                method, features, labels, data.split, bits, data.top_k, seed=config.seed
+                method, pixels, labels, data.split, bits, data.top_k, seed=config.seed
             )
         report.write_plots(run_dir, bits, result, images, data.split, query_codes, database_codes)
         write_json_atomically(metrics_path, metrics)

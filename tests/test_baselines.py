@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from conftest import require_fashion_mnist
 
-from harr_tf.baselines import evaluate_baseline, hash_codes, pixel_features, train_hasher
+from harr_tf.baselines import evaluate_baseline, hash_codes, train_hasher
+from harr_tf.features import pixel_features
 
 
 def anisotropic_features(count=600, dim=12, seed=0):
@@ -57,11 +58,6 @@ def test_lsh_is_seeded_centred_and_orthogonal():
     np.testing.assert_allclose(first.mean(axis=0), 0.0, atol=1e-3)
     codes = hash_codes(train_hasher("lsh", features, 8, seed=1), features)
     assert set(np.unique(codes)) == {-1, 1} and codes.dtype == np.int8
-
-
-def test_pixel_features_scale_to_unit_interval():
-    images = np.array([[[[0], [255]], [[51], [102]]]], dtype=np.uint8)
-    np.testing.assert_allclose(pixel_features(images), [[0.0, 1.0, 0.2, 0.4]])
 
 
 def test_bad_method_and_bits_are_rejected():

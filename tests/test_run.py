@@ -4,7 +4,9 @@ import numpy as np
 import pytest
 
 from harr_tf.config import TrainConfig, WTAConfig
+from harr_tf.features import wta_features
 from harr_tf.run import build_wta_structure, load_run_data
+from harr_tf.wta import encode_wta
 
 
 def npz_spec(tmp_path, count, labels=None):
@@ -46,10 +48,15 @@ def test_train_size_on_unlabeled_and_multi_label_data(tmp_path):
     assert len(data.split.train) == 2000 - 1000 - 500 and data.top_k == 5000
 
 
-def test_wta_structure_of_features():
-    features = np.random.default_rng(0).normal(size=(50, 20)).astype(np.float32)
-    config = TrainConfig(wta=WTAConfig(num_permutations=32, window=4, positive_fraction=0.2))
-    structure = build_wta_structure(features, config)
+@pytest.mark.parametrize("source", ["pixels", "smoothed_pixels"])
+def test_wta_structure_of_the_configured_feature_source(source):
+    images = np.random.default_rng(0).integers(0, 256, (50, 5, 4, 1), dtype=np.uint8)
+    config = TrainConfig(
+        wta=WTAConfig(features=source, num_permutations=32, window=4, positive_fraction=0.2)
+    )
+    structure = build_wta_structure(images, config)
     assert structure.table.shape == (32, 4) and structure.codes.shape == (50, 32)
+    expected = encode_wta(wta_features(images, source), structure.table)
+    np.testing.assert_array_equal(structure.codes, expected)
     thresholds = structure.thresholds
     assert 0.0 <= thresholds.s_min <= thresholds.tau <= thresholds.s_max <= 1.0
