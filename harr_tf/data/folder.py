@@ -34,16 +34,17 @@ class FolderImages:
     class_names: tuple[str, ...] | None
 
 
-def resize_square(images: tf.Tensor | np.ndarray, size: int) -> tf.Tensor:
+def resize_square(images: tf.Tensor | np.ndarray, size: int | tuple[int, int]) -> tf.Tensor:
     """Centre-crop to a square, then resize to `(size, size)`; uint8 in, uint8 out.
 
     Works on one image `(H, W, C)` or a batch `(N, H, W, C)`, eagerly or inside
-    `tf.data`. Cropping first keeps the aspect ratio; antialiasing keeps large
-    photos from aliasing when shrunk.
+    `tf.data` or a serving graph. Cropping first keeps the aspect ratio; antialiasing
+    keeps large photos from aliasing when shrunk. A `(height, width)` pair crops to
+    that aspect ratio instead (the serving graph of a model trained on non-square images).
     """
     resized = keras.ops.image.resize(
         keras.ops.cast(images, "float32"),
-        (size, size),
+        (size, size) if isinstance(size, int) else tuple(size),
         crop_to_aspect_ratio=True,
         antialias=True,
     )

@@ -1,0 +1,265 @@
+"""Export a trained encoder as a versioned SavedModel that TensorFlow Serving loads as is.
+
+    python -m serving.export --run-dir runs/default --bits 64 --model-base-path models/harr
+
+writes `models/harr/<version>/` (the next free integer unless `--version` is given)
+with the `serving_default` (image bytes) and `encode_pixels` signatures, warm-up
+requests in `assets.extra/` and a metadata file. The version is built in a
+temporary directory whose name is not an integer, then renamed into place, so a
+server polling the base path never sees a half-written version.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+import yaml
+from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
+from tqdm import tqdm
+
+import harr_tf.encoder  # noqa: F401  (registers the custom layers that .keras files name)
+from serving import (
+    IMAGES_INPUT,
+    IMAGES_SIGNATURE,
+    METADATA_FILE,
+    PIXELS_INPUT,
+    PIXELS_SIGNATURE,
+    WARMUP_FILE,
+)
+from serving.layout import next_version, version_directories
+from serving.signatures import EncoderServingModule
+
+CONFIG_FILE = "config.yaml"
+ENCODER_FILE = "encoder.keras"
+_CHECK_TOLERANCE = 1e-4
+
+
+def run_code_lengths(run_dir: str | Path) -> list[int]:
+    """The code lengths with a saved encoder in `run_dir` (`bits_N/encoder.keras`), sorted."""
+    found = []
+    for entry in Path(run_dir).glob("bits_*"):
+        suffix = entry.name.removeprefix("bits_")
+        if suffix.isdigit() and (entry / ENCODER_FILE).is_file():
+            found.append(int(suffix))
+    return sorted(found)
+
+
+def load_run_encoder(run_dir: str | Path, bits: int | None = None) -> tuple[keras.Model, dict]:
+    """The `bits`-bit encoder of a run (the longest when None) and the run's config dict.
+
+    Raises:
+        FileNotFoundError: `run_dir` is not a run directory, or has no such encoder.
+    """
+    run_dir = Path(run_dir)
+    config_path = run_dir / CONFIG_FILE
+    if not config_path.is_file():
+        raise FileNotFoundError(
+            f"--run-dir {run_dir} is not a run directory: expected {config_path}, "
+            "which train.py writes."
+        )
+    available = run_code_lengths(run_dir)
+    chosen = max(available, default=None) if bits is None else bits
+    if chosen not in available:
+        wanted = "N" if chosen is None else chosen
+        raise FileNotFoundError(
+            f"--run-dir {run_dir} has no trained encoder bits_{wanted}/{ENCODER_FILE}. "
+            f"Code lengths with an encoder: {available or 'none'}."
+        )
+    with open(config_path) as file:
+        config = yaml.safe_load(file)
+    encoder = keras.saving.load_model(run_dir / f"bits_{chosen}" / ENCODER_FILE, compile=False)
+    return encoder, config
+
+
+def config_hash(config: dict) -> str:
+    """SHA-256 of the training config, independent of key order and YAML formatting."""
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
+
+
+def export_encoder(
+    encoder: keras.Model,
+    base_path: str | Path,
+    *,
+    version: int | None = None,
+    config: dict | None = None,
+    progress: bool = False,
+) -> Path:
+    """Writes `encoder` as `base_path/<version>/` and returns that directory.
+
+    Args:
+        encoder: float pixels (batch, H, W, C) in [0, 255] → continuous codes (batch, bits).
+        base_path: the model's base path; its last component names the model in the
+            warm-up requests.
+        version: the version number; the next free integer when None. Defaults to None.
+        config: the training config, whose dataset and hash go into the metadata.
+            Defaults to None.
+        progress: show a progress bar over the export stages. Defaults to False.
+
+    Raises:
+        FileExistsError: `version` already exists under `base_path`.
+    """
+    base = Path(base_path)
+    if version is not None and version in version_directories(base):
+        raise FileExistsError(
+            f"--version {version}: {base / str(version)} already exists. Choose another "
+            f"version, or omit --version to use the next free one ({next_version(base)})."
+        )
+    base.mkdir(parents=True, exist_ok=True)
+    module = EncoderServingModule(encoder)
+    staging = Path(tempfile.mkdtemp(prefix=".export-", dir=base))
+    staging.chmod(0o755)  # mkdtemp's is private; a server running as another user reads it
+    stages = tqdm(total=4, desc="Exporting", unit="stage", disable=not progress)
+    try:
+        stages.set_postfix_str("tracing and saving the signatures")
+        tf.saved_model.save(module, str(staging), signatures=module.signatures())
+        stages.update()
+        stages.set_postfix_str("warm-up requests and metadata")
+        _write_warmup_requests(staging / WARMUP_FILE, base.name, module.image_shape)
+        _write_metadata(staging / METADATA_FILE, module, config or {})
+        stages.update()
+        stages.set_postfix_str("checking the saved signatures")
+        _check_export(staging, encoder, module.image_shape)
+        stages.update()
+        version = next_version(base) if version is None else version
+        target = base / str(version)
+        try:
+            os.rename(staging, target)
+        except OSError as error:  # another exporter published this version first
+            raise FileExistsError(f"{target} appeared during the export: {error}") from error
+        stages.set_postfix_str(f"published {target}")
+        stages.update()
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    finally:
+        stages.close()
+    return target
+
+
+def export_run(
+    run_dir: str | Path,
+    base_path: str | Path,
+    *,
+    bits: int | None = None,
+    version: int | None = None,
+    progress: bool = False,
+) -> Path:
+    """Exports the `bits`-bit encoder of `run_dir` (see `export_encoder`)."""
+    encoder, config = load_run_encoder(run_dir, bits)
+    return export_encoder(encoder, base_path, version=version, config=config, progress=progress)
+
+
+def example_image(shape: tuple[int, int, int]) -> bytes:
+    """A PNG of mid-grey pixels of `shape`: a request that runs the whole serving graph."""
+    return tf.io.encode_png(np.full(shape, 128, np.uint8)).numpy()
+
+
+def _write_warmup_requests(path: Path, model_name: str, shape: tuple[int, int, int]) -> None:
+    """One `PredictionLog` per signature, which TF Serving replays before serving."""
+    requests = {
+        IMAGES_SIGNATURE: {IMAGES_INPUT: tf.make_tensor_proto([example_image(shape)])},
+        PIXELS_SIGNATURE: {
+            PIXELS_INPUT: tf.make_tensor_proto(np.full((1, *shape), 128.0, np.float32))
+        },
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        for signature, inputs in requests.items():
+            request = predict_pb2.PredictRequest(
+                model_spec=model_pb2.ModelSpec(name=model_name, signature_name=signature)
+            )
+            for name, tensor in inputs.items():
+                request.inputs[name].CopyFrom(tensor)
+            log = prediction_log_pb2.PredictionLog(
+                predict_log=prediction_log_pb2.PredictLog(request=request)
+            )
+            writer.write(log.SerializeToString())
+
+
+def _write_metadata(path: Path, module: EncoderServingModule, config: dict) -> None:
+    height, width, channels = module.image_shape
+    metadata = {
+        "bits": module.bits,
+        "image_size": [height, width],
+        "channels": channels,
+        "dataset": config.get("dataset"),
+        "config_sha256": config_hash(config),
+        "signatures": {IMAGES_SIGNATURE: IMAGES_INPUT, PIXELS_SIGNATURE: PIXELS_INPUT},
+        "tensorflow_version": tf.__version__,
+        "exported_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(metadata, indent=2) + "\n")
+
+
+def _check_export(directory: Path, encoder: keras.Model, shape: tuple[int, int, int]) -> None:
+    """Reloads the SavedModel and compares one image's codes with the in-memory encoder."""
+    loaded = tf.saved_model.load(str(directory))
+    served = loaded.signatures[IMAGES_SIGNATURE](
+        **{IMAGES_INPUT: tf.constant([example_image(shape)])}
+    )
+    expected = keras.ops.convert_to_numpy(encoder(np.full((1, *shape), 128.0, np.float32)))
+    difference = np.abs(served["continuous"].numpy() - expected).max()
+    if difference > _CHECK_TOLERANCE:
+        raise RuntimeError(
+            f"The exported model disagrees with the in-memory encoder by {difference:.2g} "
+            "on a test image; nothing was published."
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m serving.export",
+        description="Export a trained HARR encoder as a SavedModel for TensorFlow Serving.",
+    )
+    parser.add_argument(
+        "--run-dir", required=True, help="run directory written by train.py (holds config.yaml)"
+    )
+    parser.add_argument(
+        "--bits",
+        type=int,
+        help="code length to export (the run's bits_N folder); default: the longest trained",
+    )
+    parser.add_argument(
+        "--model-base-path",
+        default="models/harr",
+        help="TF Serving model base path; the version goes in a sub-folder (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--version",
+        type=int,
+        help="version number, a non-negative integer not yet used; default: the next free one",
+    )
+    args = parser.parse_args(argv)
+    if args.version is not None and args.version < 0:
+        parser.error(f"--version must be a non-negative integer. Received: {args.version}")
+    try:
+        target = export_run(
+            args.run_dir,
+            args.model_base_path,
+            bits=args.bits,
+            version=args.version,
+            progress=True,
+        )
+    except (FileNotFoundError, FileExistsError, ValueError) as error:
+        raise SystemExit(f"error: {error}") from error
+    metadata = json.loads((target / METADATA_FILE).read_text())
+    print(
+        f"Exported the {metadata['bits']}-bit encoder of {args.run_dir} to {target} "
+        f"(signatures {IMAGES_SIGNATURE}: {IMAGES_INPUT}, {PIXELS_SIGNATURE}: {PIXELS_INPUT})"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

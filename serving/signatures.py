@@ -1,0 +1,103 @@
+"""The serving graph around a trained encoder: image bytes or pixels in, binary codes out.
+
+Preprocessing lives in the graph so that every client, in any language, gets the
+codes training would give: images are decoded with the op and channel count the
+data loaders use and resized with the loaders' own `resize_square`, so a
+`folder:` image arrives at the encoder with the same uint8 pixels.
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from harr_tf.data.folder import resize_square
+from harr_tf.layers import sign_codes
+from serving import IMAGES_INPUT, IMAGES_SIGNATURE, PIXELS_INPUT, PIXELS_SIGNATURE
+
+# Most-significant bit first, as np.packbits.
+_BIT_WEIGHTS = tuple(1 << (7 - position) for position in range(8))
+
+
+def pack_codes(codes: tf.Tensor) -> tf.Tensor:
+    """±1 codes (batch, bits) → uint8 (batch, bits / 8) in `np.packbits` order, 1 ⇔ +1."""
+    bits = codes.shape[-1]
+    ones = tf.reshape(tf.cast(codes > 0, tf.uint8), [-1, bits // 8, 8])
+    return tf.reduce_sum(ones * tf.constant(_BIT_WEIGHTS, tf.uint8), axis=-1)
+
+
+class EncoderServingModule(tf.Module):
+    """A `tf.Module` whose two `tf.function`s become the SavedModel's signatures.
+
+    `encode_images` takes encoded JPEG/PNG/BMP/GIF/WebP bytes `(batch,)`;
+    `encode_pixels` takes float32 pixels `(batch, H, W, C)` in [0, 255]. Both return
+    `codes` int8 (batch, bits) in {−1, +1}, `packed` uint8 (batch, bits / 8) and
+    `continuous` float32 (batch, bits). An empty batch returns empty outputs.
+
+    Args:
+        encoder: a Keras model mapping float pixels (batch, H, W, C) in [0, 255] to
+            continuous codes (batch, bits), as `harr_tf.encoder.build_encoder` makes.
+    """
+
+    def __init__(self, encoder: keras.Model) -> None:
+        super().__init__(name="harr_serving")
+        self.encoder = encoder
+        height, width, channels = (int(size) for size in encoder.input_shape[1:])
+        self.image_shape = (height, width, channels)
+        self.bits = int(encoder.output_shape[-1])
+        self.encode_images = tf.function(
+            self._encode_images,
+            input_signature=[tf.TensorSpec([None], tf.string, name=IMAGES_INPUT)],
+            jit_compile=False,
+        )
+        self.encode_pixels = tf.function(
+            self._encode_pixels,
+            input_signature=[
+                tf.TensorSpec([None, *self.image_shape], tf.float32, name=PIXELS_INPUT)
+            ],
+            jit_compile=False,
+        )
+
+    def _encode_images(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
+        pixels = tf.map_fn(
+            self._decode,
+            images,
+            fn_output_signature=tf.TensorSpec(self.image_shape, tf.uint8),
+        )
+        return self._outputs(tf.cast(pixels, tf.float32))
+
+    def _encode_pixels(self, pixels: tf.Tensor) -> dict[str, tf.Tensor]:
+        return self._outputs(pixels)
+
+    def _decode(self, contents: tf.Tensor) -> tf.Tensor:
+        """One encoded image → uint8 (H, W, C), as the data loaders would read it."""
+        height, width, channels = self.image_shape
+        if channels == 3:  # what `read_image_folder` does
+            image = tf.io.decode_image(contents, channels=3, expand_animations=False)
+        else:
+            # BMP, GIF and WebP decoders cannot produce one channel themselves.
+            native = tf.io.decode_image(contents, expand_animations=False)
+            image = tf.cond(
+                tf.shape(native)[-1] >= 3,
+                lambda: tf.image.rgb_to_grayscale(native[..., :3]),
+                lambda: native[..., :1],
+            )
+        image = tf.ensure_shape(image, [None, None, channels])
+        return tf.ensure_shape(resize_square(image, (height, width)), self.image_shape)
+
+    def _outputs(self, pixels: tf.Tensor) -> dict[str, tf.Tensor]:
+        # oneDNN's Conv2D fails on a batch of 0, so that case never reaches the encoder.
+        continuous = tf.cond(
+            tf.shape(pixels)[0] > 0,
+            lambda: tf.cast(self.encoder(pixels, training=False), tf.float32),
+            lambda: tf.zeros([0, self.bits], tf.float32),
+        )
+        codes = sign_codes(continuous)
+        return {"codes": codes, "packed": pack_codes(codes), "continuous": continuous}
+
+    def signatures(self) -> dict[str, tf.types.experimental.ConcreteFunction]:
+        """`{signature key: concrete function}` for `tf.saved_model.save`."""
+        return {
+            IMAGES_SIGNATURE: self.encode_images.get_concrete_function(),
+            PIXELS_SIGNATURE: self.encode_pixels.get_concrete_function(),
+        }
