@@ -1,0 +1,39 @@
+"""Arguments shared by the serving command lines."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+
+
+def positive(kind: type, allow_zero: bool = False) -> Callable[[str], int | float]:
+    """An argparse type: `kind(text)`, which must be > 0 (or >= 0 with `allow_zero`)."""
+
+    def parse(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(f"expected a number. Received: {text!r}") from err
+        if value < 0 or (value == 0 and not allow_zero):
+            bound = ">= 0" if allow_zero else "> 0"
+            raise argparse.ArgumentTypeError(f"must be {bound}. Received: {text}")
+        return value
+
+    return parse
+
+
+def add_retry_arguments(parser: argparse.ArgumentParser, deadline: float, retries: int) -> None:
+    """`--deadline` and `--retries` of a command that sends requests through `ServingClient`."""
+    parser.add_argument(
+        "--deadline",
+        type=positive(float),
+        default=deadline,
+        help=f"seconds one request may take before it is retried (default: {deadline:g})",
+    )
+    parser.add_argument(
+        "--retries",
+        type=positive(int, allow_zero=True),
+        default=retries,
+        help="retries of a request after UNAVAILABLE or DEADLINE_EXCEEDED, with exponential "
+        f"backoff from 0.5 s up to 10 s (default: {retries})",
+    )

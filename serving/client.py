@@ -1,0 +1,288 @@
+"""A gRPC client for the exported encoder, whether TensorFlow Serving or `serving.server` serves it.
+
+It speaks only the public API of `tensorflow-serving-api` (`PredictionServiceStub`,
+`GetModelMetadata`, `tf.make_tensor_proto` / `tf.make_ndarray`), so it cannot tell the two
+servers apart. Transient failures (UNAVAILABLE: the server restarting; DEADLINE_EXCEEDED:
+a slow answer) are retried with capped exponential backoff. A batch the server rejects with
+INVALID_ARGUMENT is split in halves until the images at fault are alone: one bad file costs
+a few extra requests and never the rest of its batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import random
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent import futures
+
+import grpc
+import numpy as np
+import tensorflow as tf
+from tensorflow_serving.apis import get_model_metadata_pb2, predict_pb2, prediction_service_pb2_grpc
+
+from serving import IMAGES_SIGNATURE
+
+logger = logging.getLogger(__name__)
+
+RETRYABLE_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+CODE_OUTPUTS = ("codes", "packed")
+# Images of several MB in batches of 64 exceed gRPC's 4 MB default; reconnect quickly
+# after a server restart instead of gRPC's default backoff of up to 120 s.
+CHANNEL_OPTIONS = (
+    ("grpc.max_send_message_length", -1),
+    ("grpc.max_receive_message_length", -1),
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.min_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 2000),
+)
+_MAX_BACKOFF_SECONDS = 10.0
+
+
+class RequestFailed(Exception):
+    """A request the server refused, or that still failed after every retry."""
+
+    def __init__(self, code: grpc.StatusCode, details: str, what: str) -> None:
+        super().__init__(f"{what}: {code.name}: {details}")
+        self.code, self.details = code, details
+
+
+@dataclasses.dataclass(frozen=True)
+class SignatureInfo:
+    """What the served signature takes and gives: its one string input and the code length."""
+
+    version: int
+    input_name: str
+    bits: int
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class BatchCodes:
+    """Codes of a batch of images; the images the server could not decode are left out.
+
+    Attributes:
+        codes: (n_ok, bits) int8 in {−1, +1}, in the order of `positions`.
+        packed: (n_ok, bits / 8) uint8, `np.packbits` order.
+        positions: (n_ok,) positions in the submitted batch of the images encoded.
+        failures: {position in the batch: the server's message} for the others.
+    """
+
+    codes: np.ndarray
+    packed: np.ndarray
+    positions: np.ndarray
+    failures: dict[int, str]
+
+
+class ServingClient:
+    """Codes for encoded images (JPEG, PNG, ...) from a served HARR model over gRPC.
+
+    Safe to share between threads; `close()` cancels the requests in flight.
+
+    Args:
+        server: "HOST:PORT" of the gRPC endpoint (TF Serving's default port is 8500).
+        model: the model name it serves. Defaults to "harr".
+        signature: a signature taking encoded images (tf.string). Defaults to
+            "serving_default".
+        version: the model version to ask for; None asks for the latest. Defaults to None.
+        deadline: seconds one request may take before it is retried. Defaults to 60.
+        retries: retries of a request after UNAVAILABLE or DEADLINE_EXCEEDED. Defaults to 8.
+        backoff: seconds before the first retry, doubled for each next one (capped at 10 s,
+            with jitter). Defaults to 0.5.
+    """
+
+    def __init__(
+        self,
+        server: str,
+        model: str = "harr",
+        signature: str = IMAGES_SIGNATURE,
+        *,
+        version: int | None = None,
+        deadline: float = 60.0,
+        retries: int = 8,
+        backoff: float = 0.5,
+    ) -> None:
+        if deadline <= 0 or retries < 0 or backoff < 0:
+            raise ValueError(
+                "`deadline` must be > 0, `retries` and `backoff` >= 0. "
+                f"Received: deadline={deadline}, retries={retries}, backoff={backoff}"
+            )
+        self.server, self.model, self.signature, self.version = server, model, signature, version
+        self.deadline, self.retries, self.backoff = deadline, retries, backoff
+        self._channel = grpc.insecure_channel(server, options=CHANNEL_OPTIONS)
+        self._stub = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
+        self._closed = threading.Event()
+        self._info: SignatureInfo | None = None
+
+    def describe(self) -> SignatureInfo:
+        """The served version and the signature's string input, from `GetModelMetadata`.
+
+        Raises:
+            RequestFailed: no such model, version or signature, or the signature does not
+                take one tf.string input and give `codes` and `packed`.
+        """
+        request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
+        self._fill_model_spec(request.model_spec)
+        response = self._call("GetModelMetadata", request)
+        signatures = get_model_metadata_pb2.SignatureDefMap()
+        response.metadata["signature_def"].Unpack(signatures)
+        if self.signature not in signatures.signature_def:
+            raise RequestFailed(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"no signature {self.signature!r}; the model has "
+                f"{sorted(signatures.signature_def)}",
+                self._what("GetModelMetadata"),
+            )
+        signature = signatures.signature_def[self.signature]
+        strings = [name for name, info in signature.inputs.items() if info.dtype == tf.string]
+        missing = [name for name in CODE_OUTPUTS if name not in signature.outputs]
+        if len(signature.inputs) != 1 or len(strings) != 1 or missing:
+            raise RequestFailed(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"signature {self.signature!r} must take one tf.string input (encoded images) "
+                f"and give {list(CODE_OUTPUTS)}; it takes {sorted(signature.inputs)} and gives "
+                f"{sorted(signature.outputs)}",
+                self._what("GetModelMetadata"),
+            )
+        bits = signature.outputs["codes"].tensor_shape.dim[-1].size
+        self._info = SignatureInfo(response.model_spec.version.value, strings[0], bits)
+        return self._info
+
+    def predict(self, images: Sequence[bytes]) -> tuple[np.ndarray, np.ndarray]:
+        """Codes (n, bits) int8 and packed codes (n, bits / 8) uint8 of one batch.
+
+        Raises:
+            RequestFailed: the server refused the batch (INVALID_ARGUMENT when an image
+                does not decode), or it kept failing after every retry.
+        """
+        if self._info is None:
+            self.describe()
+        request = predict_pb2.PredictRequest(output_filter=CODE_OUTPUTS)
+        self._fill_model_spec(request.model_spec)
+        request.inputs[self._info.input_name].CopyFrom(
+            tf.make_tensor_proto(np.array(images, dtype=object), dtype=tf.string)
+        )
+        response = self._call("Predict", request)
+        codes, packed = (tf.make_ndarray(response.outputs[name]) for name in CODE_OUTPUTS)
+        if len(codes) != len(images) or len(packed) != len(images):
+            raise RequestFailed(
+                grpc.StatusCode.INTERNAL,
+                f"answered {len(codes)} codes for {len(images)} images",
+                self._what("Predict"),
+            )
+        return codes, packed
+
+    def encode(self, images: Sequence[bytes]) -> BatchCodes:
+        """Codes of `images`, leaving out (and naming) the ones the server cannot decode."""
+        if self._info is None:
+            self.describe()
+        found: list[tuple[int, np.ndarray, np.ndarray]] = []
+        failures: dict[int, str] = {}
+        self._encode_span(images, 0, len(images), found, failures)
+        found.sort(key=lambda item: item[0])
+        if not found:
+            bits = self._info.bits
+            empty = np.zeros((0, bits), np.int8), np.zeros((0, bits // 8), np.uint8)
+            return BatchCodes(*empty, np.zeros(0, np.int64), failures)
+        return BatchCodes(
+            codes=np.concatenate([item[1] for item in found]),
+            packed=np.concatenate([item[2] for item in found]),
+            positions=np.concatenate(
+                [np.arange(item[0], item[0] + len(item[1])) for item in found]
+            ),
+            failures=failures,
+        )
+
+    def close(self) -> None:
+        """Cancels requests in flight and stops retries; the client is unusable after."""
+        self._closed.set()
+        self._channel.close()
+
+    def __enter__(self) -> ServingClient:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def _encode_span(self, images, start: int, stop: int, found: list, failures: dict) -> None:
+        """Encodes images[start:stop], halving the span on INVALID_ARGUMENT."""
+        if start == stop:
+            return
+        try:
+            codes, packed = self.predict(images[start:stop])
+        except RequestFailed as error:
+            if error.code != grpc.StatusCode.INVALID_ARGUMENT:
+                raise
+            if stop - start == 1:
+                failures[start] = error.details
+                return
+            middle = (start + stop) // 2
+            self._encode_span(images, start, middle, found, failures)
+            self._encode_span(images, middle, stop, found, failures)
+            return
+        found.append((start, codes, packed))
+
+    def _fill_model_spec(self, model_spec) -> None:
+        model_spec.name = self.model
+        model_spec.signature_name = self.signature
+        if self.version is not None:
+            model_spec.version.value = self.version
+
+    def _what(self, method: str) -> str:
+        version = "latest" if self.version is None else self.version
+        return f"{method} on {self.server} (model {self.model!r}, version {version})"
+
+    def _call(self, method: str, request):
+        """The stub's `method` on `request` with the deadline, retried on transient failures."""
+        attempt = 0
+        while True:
+            try:
+                return getattr(self._stub, method)(request, timeout=self.deadline)
+            except grpc.RpcError as error:
+                code, details = error.code(), error.details()
+            if self._closed.is_set():
+                raise RequestFailed(grpc.StatusCode.CANCELLED, "client closed", self._what(method))
+            if code not in RETRYABLE_CODES or attempt == self.retries:
+                suffix = f" (after {attempt} retries)" if attempt else ""
+                raise RequestFailed(code, f"{details}{suffix}", self._what(method))
+            delay = min(_MAX_BACKOFF_SECONDS, self.backoff * 2**attempt) * random.uniform(0.5, 1)
+            attempt += 1
+            logger.warning(
+                "%s: %s; retry %d of %d in %.1f s",
+                self.server,
+                code.name,
+                attempt,
+                self.retries,
+                delay,
+            )
+            if self._closed.wait(delay):
+                raise RequestFailed(grpc.StatusCode.CANCELLED, "client closed", self._what(method))
+
+
+def map_concurrently(
+    function: Callable, items: Iterable, concurrency: int
+) -> Iterator[tuple[object, object]]:
+    """`(item, function(item))` pairs in completion order, `concurrency` calls at a time.
+
+    Items are drawn lazily, so memory holds only the calls in flight. The first exception
+    stops new calls and propagates once those in flight end.
+    """
+    if concurrency < 1:
+        raise ValueError(f"`concurrency` must be >= 1. Received: concurrency={concurrency}")
+    pending: dict[futures.Future, object] = {}
+    iterator = iter(items)
+    executor = futures.ThreadPoolExecutor(concurrency, thread_name_prefix="grpc-request")
+    try:
+        while True:
+            for item in iterator:
+                pending[executor.submit(function, item)] = item
+                if len(pending) >= concurrency:
+                    break
+            if not pending:
+                return
+            done, _ = futures.wait(pending, return_when=futures.FIRST_COMPLETED)
+            for future in done:
+                yield pending.pop(future), future.result()
+    finally:
+        # Does not wait for the calls in flight: the caller may be about to cancel them.
+        executor.shutdown(wait=False, cancel_futures=True)

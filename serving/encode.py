@@ -1,0 +1,262 @@
+"""Codes for a whole image collection from a served model, over gRPC.
+
+    python -m serving.encode --server localhost:8500 --model harr --input photos/ --out codes.npz
+
+Batches of encoded images go to TensorFlow Serving (or `serving.server`), several at a
+time; the codes come back into `codes.npz` with the item ids (see `serving.code_store`).
+Progress is checkpointed every few seconds, so an interrupted run continues with
+`--resume`, which also encodes only the new items of a collection that grew. Every code of
+one file comes from one model version: the first run pins the version the server serves.
+Files the server cannot decode are named, recorded in the file, and skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import time
+from collections.abc import Iterator
+
+import numpy as np
+from tqdm import tqdm
+
+from serving import IMAGES_SIGNATURE
+from serving.cli import add_retry_arguments, positive
+from serving.client import RequestFailed, ServingClient, map_concurrently
+from serving.code_store import CodesOrigin, CodeStore, StoredCodes
+from serving.collection import INPUT_FORMS, Collection, open_collection
+
+logger = logging.getLogger(__name__)
+
+_CHECKPOINT_SECONDS = 5.0
+_NAMED_FAILURES = 20
+
+
+def encode_collection(
+    client: ServingClient,
+    collection: Collection,
+    store: CodeStore,
+    origin: CodesOrigin,
+    *,
+    previous: StoredCodes | None = None,
+    batch_size: int = 64,
+    concurrency: int = 4,
+    progress: bool = True,
+) -> tuple[StoredCodes, dict[str, str]]:
+    """Encodes the items of `collection` not in `previous`, checkpointing into `store`.
+
+    Returns every code (previous ones first) and `{id: reason}` of the items skipped.
+    On an error or interrupt, what was received is checkpointed before it propagates.
+    """
+    done = set(previous.ids.tolist()) if previous is not None else set()
+    pending = [position for position, item in enumerate(collection.ids) if item not in done]
+    batches = [pending[start : start + batch_size] for start in range(0, len(pending), batch_size)]
+    received: list[tuple[list[str], np.ndarray, np.ndarray]] = []
+    failures: dict[str, str] = {}
+    store.begin(origin)
+    saved, last_save = 0, time.monotonic()
+
+    def request(positions: list[int]):
+        return _encode_batch(client, collection, positions)
+
+    bar = tqdm(total=len(pending), desc="Encoding", unit="image", disable=not progress)
+    try:
+        for _, (ids, codes, packed, failed) in map_concurrently(request, batches, concurrency):
+            received.append((ids, codes, packed))
+            failures.update(failed)
+            bar.update(len(ids) + len(failed))
+            if failures:
+                bar.set_postfix(skipped=len(failures))
+            if time.monotonic() - last_save >= _CHECKPOINT_SECONDS:
+                saved, last_save = _checkpoint(store, received, saved), time.monotonic()
+    finally:
+        bar.close()
+        _checkpoint(store, received, saved)
+    pieces = (
+        [(list(previous.ids), previous.codes, previous.packed)] if previous else []
+    ) + received
+    return _merged(pieces, origin.bits), failures
+
+
+def _encode_batch(client: ServingClient, collection: Collection, positions: list[int]):
+    """(ids, codes, packed, {id: reason}) of one batch: unreadable files and images the
+    server cannot decode are left out with their reason."""
+    images, readable, failures = [], [], {}
+    for position in positions:
+        try:
+            images.append(collection.read(position))
+            readable.append(position)
+        except OSError as err:
+            failures[collection.ids[position]] = f"cannot read the file: {err.strerror or err}"
+    batch = client.encode(images)
+    for index, message in batch.failures.items():
+        failures[collection.ids[readable[index]]] = message.strip().splitlines()[0]
+    ids = [collection.ids[readable[index]] for index in batch.positions]
+    return ids, batch.codes, batch.packed, failures
+
+
+def _checkpoint(store: CodeStore, received: list, saved: int) -> int:
+    """Saves `received[saved:]` as one checkpoint part; returns the new count saved."""
+    if saved < len(received):
+        ids = [item for piece in received[saved:] for item in piece[0]]
+        codes, packed = (np.concatenate([piece[k] for piece in received[saved:]]) for k in (1, 2))
+        store.checkpoint(ids, codes, packed)
+    return len(received)
+
+
+def _merged(pieces: list, bits: int) -> StoredCodes:
+    ids = [item for piece in pieces for item in piece[0]]
+    codes = [np.zeros((0, bits), np.int8)] + [piece[1] for piece in pieces]
+    packed = [np.zeros((0, bits // 8), np.uint8)] + [piece[2] for piece in pieces]
+    return StoredCodes(
+        np.array(ids, dtype=str), np.concatenate(codes), np.concatenate(packed), None
+    )
+
+
+def _named(failures: dict[str, str]) -> Iterator[str]:
+    for item, reason in list(failures.items())[:_NAMED_FAILURES]:
+        yield f"  {item}: {reason}"
+    if len(failures) > _NAMED_FAILURES:
+        yield f"  ... and {len(failures) - _NAMED_FAILURES} more"
+
+
+def run(args: argparse.Namespace) -> int:
+    """The CLI's work; returns the exit status."""
+    store = CodeStore(args.out)
+    if store.out.is_dir():
+        raise SystemExit(f"error: --out {args.out} is a folder; expected a file, e.g. codes.npz.")
+    if store.has_progress() and not (args.resume or args.overwrite):
+        raise SystemExit(
+            f"error: --out {args.out} (or its checkpoint {store.parts}) exists. Pass --resume "
+            "to continue it (only items without codes are sent), or --overwrite to start over."
+        )
+    if args.overwrite:
+        store.clear()
+    try:
+        collection = open_collection(args.input)
+        previous = store.load()
+    except ValueError as err:
+        raise SystemExit(f"error: {err}") from err
+    pinned = previous.origin.model_version if previous and previous.origin else None
+    client = ServingClient(
+        args.server,
+        args.model,
+        args.signature,
+        version=pinned,
+        deadline=args.deadline,
+        retries=args.retries,
+    )
+    start = time.monotonic()
+    with client:
+        try:
+            info = client.describe()
+        except RequestFailed as err:
+            hint = (
+                f" The codes in {args.out} come from version {pinned}: encode into a new "
+                "--out, or pass --overwrite."
+                if pinned is not None
+                else ""
+            )
+            raise SystemExit(f"error: {err}.{hint}") from err
+        origin = CodesOrigin(args.model, info.version, args.signature, info.bits)
+        if previous is not None and previous.origin not in (None, origin):
+            raise SystemExit(
+                f"error: {args.out} holds codes of {previous.origin}, not of {origin}. "
+                "Encode into a new --out, or pass --overwrite."
+            )
+        client.version = info.version  # every code of this file from one version
+        try:
+            encoded, failures = encode_collection(
+                client,
+                collection,
+                store,
+                origin,
+                previous=previous,
+                batch_size=args.batch_size,
+                concurrency=args.concurrency,
+            )
+        except (RequestFailed, KeyboardInterrupt) as err:
+            reason = "interrupted" if isinstance(err, KeyboardInterrupt) else f"error: {err}"
+            print(
+                f"{reason}. The codes received so far are saved in {store.parts}; run the "
+                "same command with --resume to continue.",
+                file=sys.stderr,
+            )
+            return 130 if isinstance(err, KeyboardInterrupt) else 1
+    count = store.finish(collection.ids, encoded, failures, origin)
+    seconds = time.monotonic() - start
+    new = len(encoded.ids) - (len(previous.ids) if previous else 0)
+    if previous is not None and (gone := set(previous.ids.tolist()) - set(collection.ids)):
+        logger.warning(
+            "%d codes of %s are of items no longer in --input %s; the new file leaves them out.",
+            len(gone),
+            args.out,
+            args.input,
+        )
+    print(
+        f"Wrote {count} codes of {len(collection)} items ({new} new, {new / seconds:.0f} "
+        f"images/s) from {args.model} version {info.version} to {args.out}."
+    )
+    if failures:
+        lines = "\n".join(_named(failures))
+        print(
+            f"Skipped {len(failures)} items that could not be read or decoded (listed in "
+            f"failed_ids / failed_reasons of {args.out}):\n{lines}",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m serving.encode",
+        description="Encode every image of a collection into binary codes through a "
+        "TensorFlow Serving (or serving.server) gRPC endpoint.",
+    )
+    parser.add_argument(
+        "--server", required=True, help="gRPC endpoint HOST:PORT, e.g. localhost:8500"
+    )
+    parser.add_argument("--model", default="harr", help="served model name (default: harr)")
+    parser.add_argument(
+        "--signature",
+        default=IMAGES_SIGNATURE,
+        help="signature taking encoded images (tf.string) (default: serving_default)",
+    )
+    parser.add_argument("--input", required=True, help=f"the images: {INPUT_FORMS}")
+    parser.add_argument(
+        "--out", required=True, help="codes file to write, e.g. codes.npz (ids, codes, packed)"
+    )
+    parser.add_argument(
+        "--batch-size", type=positive(int), default=64, help="images per request (default: 64)"
+    )
+    parser.add_argument(
+        "--concurrency",
+        type=positive(int),
+        default=4,
+        help="requests in flight at once (default: 4)",
+    )
+    add_retry_arguments(parser, deadline=60.0, retries=8)
+    resume = parser.add_mutually_exclusive_group()
+    resume.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted run, or extend a finished --out with the collection's "
+        "new items; only items without codes are sent",
+    )
+    resume.add_argument(
+        "--overwrite", action="store_true", help="discard an existing --out and its checkpoint"
+    )
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    # SIGTERM ends the run as Ctrl-C does: checkpoint what was received, then exit.
+    previous_handler = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        return run(args)
+    finally:
+        signal.signal(signal.SIGTERM, previous_handler)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
