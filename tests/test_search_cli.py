@@ -1,0 +1,120 @@
+"""`python -m serving.search build|query`: an index of codes from `serving.encode`, queried
+through a real `serving.server` process."""
+
+import json
+
+import numpy as np
+import pytest
+from serving_support import encoded_images, sample_images
+
+from harr_tf.index import HammingIndex
+from harr_tf.retrieval import hamming_distances
+from serving.encode import main as encode_main
+from serving.search import main as search_main
+
+COUNT = 30
+
+
+@pytest.fixture(scope="module")
+def encoded_folder(grpc_server, tmp_path_factory):
+    """Yields (folder of 30 PNG files, codes.npz of them written by serving.encode)."""
+    folder = tmp_path_factory.mktemp("search") / "images"
+    folder.mkdir()
+    for index, contents in enumerate(encoded_images(sample_images(COUNT, seed=7))):
+        (folder / f"{index:02d}.png").write_bytes(contents)
+    codes = folder.parent / "codes.npz"
+    assert encode_main(["--server", grpc_server, "--input", str(folder), "--out", str(codes)]) == 0
+    return folder, codes
+
+
+def stored_codes(path):
+    with np.load(path) as archive:
+        return archive["ids"].tolist(), archive["codes"]
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivf"])
+def test_build_indexes_every_code_under_its_id(encoded_folder, tmp_path, kind, capsys):
+    _, codes_file = encoded_folder
+    options = ["--nlist", "2", "--nprobe", "2"] if kind == "ivf" else []
+    index_file = tmp_path / "harr.faiss"
+    command = ["build", "--codes", str(codes_file), "--index", str(index_file), "--kind", kind]
+    assert search_main([*command, *options]) == 0
+    assert f"Indexed {COUNT} 16-bit codes ({kind})" in capsys.readouterr().out
+    index = HammingIndex.load(index_file)
+    ids, codes = stored_codes(codes_file)
+    assert (index.kind, index.ids, index.bits) == (kind, ids, 16)
+    distances, _ = index.search(np.packbits(codes > 0, axis=1), k=COUNT)
+    expected = np.sort(hamming_distances(codes, codes), axis=1)
+    np.testing.assert_array_equal(distances, expected)  # every cell probed: exact
+
+
+def test_query_prints_nearest_ids_with_hamming_distances(
+    grpc_server, encoded_folder, tmp_path, capsys
+):
+    folder, codes_file = encoded_folder
+    index_file = tmp_path / "harr.faiss"
+    search_main(["build", "--codes", str(codes_file), "--index", str(index_file)])
+    ids, codes = stored_codes(codes_file)
+    queries = ["03.png", "17.png", "29.png"]
+    command = ["query", "--index", str(index_file), "--server", grpc_server, "--top-k", "5"]
+    capsys.readouterr()
+    assert search_main([*command, "--json", *(str(folder / name) for name in queries)]) == 0
+    answers = json.loads(capsys.readouterr().out)
+    assert [answer["query"] for answer in answers] == [str(folder / name) for name in queries]
+    for name, answer in zip(queries, answers, strict=True):
+        truth = hamming_distances(codes[[ids.index(name)]], codes)[0]
+        distances = [result["distance"] for result in answer["results"]]
+        assert distances == np.sort(truth)[:5].tolist()
+        assert all(truth[ids.index(r["id"])] == r["distance"] for r in answer["results"])
+        assert name in [r["id"] for r in answer["results"] if r["distance"] == 0]
+
+    assert search_main([*command, str(folder / queries[0])]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == str(folder / queries[0])
+    rank, distance, item = lines[1].split()
+    first = answers[0]["results"][0]
+    assert (int(rank), int(distance), item) == (1, first["distance"], first["id"])
+    assert len(lines) == 6
+
+
+def test_query_names_images_it_cannot_read_or_decode(grpc_server, encoded_folder, tmp_path, capsys):
+    folder, codes_file = encoded_folder
+    index_file = tmp_path / "harr.faiss"
+    search_main(["build", "--codes", str(codes_file), "--index", str(index_file)])
+    (tmp_path / "bad.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    images = [str(folder / "05.png"), str(tmp_path / "bad.jpg"), str(tmp_path / "gone.png")]
+    capsys.readouterr()
+    command = ["query", "--index", str(index_file), "--server", grpc_server, "--json"]
+    assert search_main([*command, *images]) == 1
+    captured = capsys.readouterr()
+    answers = json.loads(captured.out)
+    assert [answer["query"] for answer in answers] == images
+    assert len(answers[0]["results"]) == 10
+    assert "JPEG" in answers[1]["error"] and "cannot read the file" in answers[2]["error"]
+    assert f"error: {images[1]}" in captured.err and f"error: {images[2]}" in captured.err
+
+
+def test_query_refuses_an_index_of_another_code_length(grpc_server, tmp_path):
+    codes = np.where(np.random.default_rng(0).random((10, 32)) < 0.5, -1, 1).astype(np.int8)
+    ids = [str(index) for index in range(10)]
+    np.savez(tmp_path / "codes.npz", ids=ids, codes=codes, packed=np.packbits(codes > 0, axis=1))
+    index_file = str(tmp_path / "harr.faiss")
+    assert (
+        search_main(["build", "--codes", str(tmp_path / "codes.npz"), "--index", index_file]) == 0
+    )
+    (tmp_path / "q.png").write_bytes(encoded_images(sample_images(1))[0])
+    with pytest.raises(SystemExit, match="gives 16-bit codes but .* holds 32-bit codes"):
+        search_main(
+            ["query", "--index", index_file, "--server", grpc_server, str(tmp_path / "q.png")]
+        )
+
+
+def test_build_errors_name_the_input(tmp_path):
+    np.savez(tmp_path / "images.npz", images=np.zeros((2, 4, 4), np.uint8))
+    index_file = str(tmp_path / "harr.faiss")
+    with pytest.raises(SystemExit, match=r"has no \['ids', 'codes', 'packed'\]"):
+        search_main(["build", "--codes", str(tmp_path / "images.npz"), "--index", index_file])
+    with pytest.raises(SystemExit, match="not a readable codes file"):
+        search_main(["build", "--codes", str(tmp_path / "none.npz"), "--index", index_file])
+    with pytest.raises(SystemExit, match="No index file"):
+        search_main(["query", "--index", index_file, "--server", "127.0.0.1:1", "x.png"])
