@@ -1,0 +1,228 @@
+"""Code generation over gRPC next to the in-process SavedModel, and Hamming search speed.
+
+    python benchmarks/serving_speed.py --run-dir runs/default --bits 64
+
+1. Throughput (images/s) of the `serving_default` signature on PNG bytes of the run's
+   dataset: called in this process, batch by batch, and through `python -m serving.server`
+   with `serving.client` at each batch size and concurrency. The methods take turns, repeat
+   by repeat, so machine noise hits them alike; each cell is the median of the repeats.
+2. Latency (p50 / p99) of one-image requests, sequential, next to one in-process call.
+3. Search: queries over random packed codes (or, with --codes-file, held-out real codes
+   over the rest) with the exact index (`IndexBinaryFlat`) and the sub-linear one
+   (`IndexBinaryIVF`) at several `nprobe`, with recall@10 against exact.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from harr_tf.index import HammingIndex
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+READY_LINE = re.compile(r"serving model \S+ version \d+ on (?P<address>\S+)")
+
+
+def start_server(base: Path, model: str) -> tuple[subprocess.Popen, str]:
+    """`python -m serving.server` on a free port; returns the process and its address."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "serving.server", "--model-base-path", str(base)]
+        + ["--model-name", model, "--port", "0"],
+        cwd=REPO_ROOT,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    for line in process.stdout:
+        if match := READY_LINE.search(line):
+            # Keep reading its output, or the pipe fills and the server blocks.
+            threading.Thread(target=process.stdout.read, daemon=True).start()
+            return process, match["address"]
+    raise RuntimeError(f"the server exited ({process.wait()}) before serving")
+
+
+def grpc_tables(args: argparse.Namespace) -> None:
+    import tensorflow as tf
+
+    from harr_tf.data import load_dataset
+    from serving import IMAGES_INPUT, IMAGES_SIGNATURE
+    from serving.client import ServingClient, map_concurrently
+    from serving.export import export_encoder, load_run_encoder
+
+    encoder, config = load_run_encoder(args.run_dir, args.bits)
+    images = load_dataset(config["dataset"], data_dir=config.get("data_dir")).images
+    encoded = [tf.io.encode_png(image).numpy() for image in images[: args.images]]
+    temporary = tempfile.TemporaryDirectory()
+    base = Path(temporary.name) / args.model
+    version_dir = export_encoder(encoder, base, config=config)
+    signature = tf.saved_model.load(str(version_dir)).signatures[IMAGES_SIGNATURE]
+    process, address = start_server(base, args.model)
+    client = ServingClient(address, args.model)
+    client.describe()
+
+    def in_process(data, batch_size, _):
+        return np.concatenate(
+            [
+                signature(**{IMAGES_INPUT: tf.constant(data[start : start + batch_size])})[
+                    "codes"
+                ].numpy()
+                for start in range(0, len(data), batch_size)
+            ]
+        )
+
+    def over_grpc(data, batch_size, concurrency):
+        starts = range(0, len(data), batch_size)
+        answers = dict(
+            map_concurrently(
+                lambda start: client.predict(data[start : start + batch_size])[0],
+                starts,
+                concurrency,
+            )
+        )
+        return np.concatenate([answers[start] for start in starts])
+
+    methods = {"in-process": (in_process, 1)}
+    methods.update({f"gRPC c={c}": (over_grpc, c) for c in args.concurrency})
+    rates = {name: {} for name in methods}
+    try:
+        for batch_size in args.batch_sizes:
+            data = encoded if batch_size > 1 else encoded[: len(encoded) // 8]
+            reference = in_process(data, batch_size, 1)  # warm-up of every method, and a check
+            for name, (call, concurrency) in methods.items():
+                if not np.array_equal(call(data, batch_size, concurrency), reference):
+                    raise AssertionError(f"{name} gave other codes than the in-process model")
+            seconds = {name: [] for name in methods}
+            for _ in range(args.repeats):
+                for name, (call, concurrency) in methods.items():
+                    start = time.perf_counter()
+                    call(data, batch_size, concurrency)
+                    seconds[name].append(time.perf_counter() - start)
+            for name in methods:
+                rates[name][batch_size] = len(data) / float(np.median(seconds[name]))
+        one_image = {"in-process": [], "gRPC": []}
+        for image in encoded[: args.latency_requests]:
+            start = time.perf_counter()
+            signature(**{IMAGES_INPUT: tf.constant([image])})
+            one_image["in-process"].append(time.perf_counter() - start)
+            start = time.perf_counter()
+            client.predict([image])
+            one_image["gRPC"].append(time.perf_counter() - start)
+    finally:
+        client.close()
+        process.terminate()
+        process.wait()
+        temporary.cleanup()
+
+    print(f"\n{args.run_dir} bits_{args.bits}: PNG images {images.shape[1:]}, codes checked equal")
+    names = list(methods)
+    print("| batch | " + " | ".join(f"{name} (img/s)" for name in names), end=" | ")
+    print(" | ".join(f"{name} / in-process" for name in names[1:]) + " |")
+    print("|---:" * (2 * len(names)) + "|")
+    for batch_size in args.batch_sizes:
+        cells = [f"{rates[name][batch_size]:,.0f}" for name in names]
+        cells += [
+            f"{rates[name][batch_size] / rates[names[0]][batch_size]:.2f}" for name in names[1:]
+        ]
+        print(f"| {batch_size} | " + " | ".join(cells) + " |")
+    print(f"\nOne-image requests ({args.latency_requests}, sequential):")
+    print("| | p50 (ms) | p99 (ms) |\n|---|---:|---:|")
+    for name, seconds in one_image.items():
+        p50, p99 = np.percentile(np.array(seconds) * 1000, [50, 99])
+        print(f"| {name} | {p50:.2f} | {p99:.2f} |")
+
+
+def search_table(args: argparse.Namespace) -> None:
+    faiss.omp_set_num_threads(args.threads)
+    rng = np.random.default_rng(0)
+    if args.codes_file:  # real codes: held-out items of the collection query the rest
+        with np.load(args.codes_file) as archive:
+            packed = archive["packed"][rng.permutation(len(archive["packed"]))]
+        queries, database = packed[: args.queries], packed[args.queries :]
+        described = f"{len(database):,} codes of {args.codes_file} ({packed.shape[1] * 8} bits)"
+    else:
+        database = rng.integers(0, 256, (args.codes, args.code_bits // 8), dtype=np.uint8)
+        queries = rng.integers(0, 256, (args.queries, args.code_bits // 8), dtype=np.uint8)
+        described = f"{args.codes:,} random {args.code_bits}-bit codes"
+    ids = [str(index) for index in range(len(database))]
+    rows = []
+    start = time.perf_counter()
+    exact = HammingIndex.build(database, ids)
+    built = time.perf_counter() - start
+    exact_d, exact_p = exact.search(queries, 10)  # warm-up, and the reference
+    start = time.perf_counter()
+    exact.search(queries, 10)
+    rows.append(("flat (exact)", built, time.perf_counter() - start, 1.0, 1.0))
+    start = time.perf_counter()
+    ivf = HammingIndex.build(database, ids, "ivf", nlist=args.nlist)
+    built = time.perf_counter() - start
+    for nprobe in args.nprobe:
+        start = time.perf_counter()
+        found_d, found_p = ivf.search(queries, 10, nprobe=nprobe)
+        seconds = time.perf_counter() - start
+        same_ids = np.mean(
+            [len(set(a) & set(b)) / 10 for a, b in zip(exact_p, found_p, strict=True)]
+        )
+        # Random codes tie a lot at the 10th distance: any code found at most that far is as
+        # near as an exact neighbour.
+        as_near = np.mean((found_d <= exact_d[:, -1:]) & (found_p >= 0))
+        rows.append(
+            (f"ivf nlist={ivf.index.nlist} nprobe={nprobe}", built, seconds, same_ids, as_near)
+        )
+    print(
+        f"\nSearch: {len(queries):,} queries, top 10, over {described}, "
+        f"{args.threads} FAISS threads"
+    )
+    print("| index | build (s) | search (s) | recall@10 (ids) | recall@10 (distance) |")
+    print("|---|---:|---:|---:|---:|")
+    for name, build_s, search_s, same_ids, as_near in rows:
+        print(f"| {name} | {build_s:.1f} | {search_s:.3f} | {same_ids:.3f} | {as_near:.3f} |")
+
+
+def main() -> None:
+    def numbers(text: str) -> list[int]:
+        return [int(part) for part in text.split(",")]
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run-dir", default="runs/default", help="run directory of train.py")
+    parser.add_argument("--bits", type=int, default=64, help="code length of the run to export")
+    parser.add_argument("--model", default="harr", help="model name to serve under")
+    parser.add_argument(
+        "--images", type=int, default=2048, help="images per timing (1/8 at batch 1)"
+    )
+    parser.add_argument("--batch-sizes", type=numbers, default=[1, 16, 64], help="e.g. 1,16,64")
+    parser.add_argument("--concurrency", type=numbers, default=[1, 4], help="e.g. 1,4")
+    parser.add_argument("--repeats", type=int, default=3, help="timed repeats per cell")
+    parser.add_argument("--latency-requests", type=int, default=300, help="one-image requests")
+    parser.add_argument("--codes", type=int, default=1_000_000, help="codes in the search index")
+    parser.add_argument("--code-bits", type=int, default=64, help="bits of the random codes")
+    parser.add_argument("--queries", type=int, default=1000, help="search queries")
+    parser.add_argument(
+        "--codes-file",
+        help="search real codes (a codes.npz of serving.encode) instead of random ones",
+    )
+    parser.add_argument("--threads", type=int, default=2, help="FAISS threads (cores)")
+    parser.add_argument("--nlist", type=int, default=None, help="ivf cells (default: about √n)")
+    parser.add_argument("--nprobe", type=numbers, default=[8, 32, 128], help="ivf cells scanned")
+    parser.add_argument(
+        "--only", choices=["grpc", "search"], help="run one part only (default: both)"
+    )
+    args = parser.parse_args()
+    if args.only != "search":
+        grpc_tables(args)
+    if args.only != "grpc":
+        search_table(args)
+
+
+if __name__ == "__main__":
+    main()
