@@ -133,7 +133,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def resolve_config(args: argparse.Namespace):
     """Defaults, then the YAML file (or the resumed run's config), then flags."""
-    from harr_tf.config import TrainConfig, from_dict, to_dict
+    from harr_tf.config import TrainConfig, from_dict, read_settings_file, to_dict
 
     values: dict = {}
     source = args.config
@@ -145,12 +145,7 @@ def resolve_config(args: argparse.Namespace):
             )
         source = os.path.join(args.run_dir, "config.yaml")
     if source:
-        if not os.path.isfile(source):
-            raise SystemExit(f"--config: no such file. Received: {source}")
-        with open(source) as f:
-            values = yaml.safe_load(f) or {}
-        if not isinstance(values, dict):
-            raise SystemExit(f"{source} must hold a mapping of settings.")
+        values = read_settings_file(source)
     values = to_dict(from_dict(TrainConfig, values))
     for _, section, field, _, _ in FLAGS:
         given = getattr(args, field)

@@ -7,7 +7,10 @@ module-level globals. `to_dict`/`from_dict` give the resolved config saved with 
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any
+
+import yaml
 
 from harr_tf.data.augment import AugmentConfig
 from harr_tf.features import validate_feature_source
@@ -122,3 +125,18 @@ def from_dict(cls: type, values: dict) -> Any:
         else:
             kwargs[name] = value
     return cls(**kwargs)
+
+
+def read_settings_file(path: str, flag: str = "--config") -> dict:
+    """The mapping of settings in a YAML file (a run's config.yaml, best.yaml, ...).
+
+    Raises SystemExit naming `flag` and the file when it is missing or not a mapping:
+    this is user input to a command line.
+    """
+    if not os.path.isfile(path):
+        raise SystemExit(f"{flag}: no such file. Received: {path}")
+    with open(path) as f:
+        values = yaml.safe_load(f) or {}
+    if not isinstance(values, dict):
+        raise SystemExit(f"{flag} {path} must hold a mapping of settings.")
+    return values
