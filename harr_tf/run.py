@@ -151,6 +151,26 @@ def steps_per_epoch(config: TrainConfig, wta: WTAStructure) -> int:
     return config.steps_per_epoch or max(1, len(wta.codes) // config.batch_size)
 
 
+def training_stream(
+    config: TrainConfig, data: RunData, wta: WTAStructure, start_epoch: int = 0
+) -> tuple[tf.data.Dataset, tf.Variable]:
+    """Endless batches of the three views of the training images with their WTA codes
+    (`"wta"`, read from the returned variable, which `WTARefresh` may reassign),
+    starting after `start_epoch` epochs."""
+    images = data.dataset.images[data.split.train]
+    stream = training_dataset(
+        images,
+        np.arange(len(images)),
+        ViewAugmenter(data.dataset.image_shape, config.augment, seed=config.seed + start_epoch),
+        config.batch_size,
+        seed=config.seed,
+        start_step=start_epoch * steps_per_epoch(config, wta),
+    )
+    codes = tf.Variable(wta.codes, trainable=False)
+    stream = stream.map(lambda batch: {**batch, "wta": tf.gather(codes, batch["index"])})
+    return stream, codes
+
+
 def train_code_length(
     config: TrainConfig, bits: int, data: RunData, wta: WTAStructure, directory: str, verbose: int
 ) -> tuple[keras.Model, float]:
@@ -165,16 +185,7 @@ def train_code_length(
         model = new_model(config, bits, image_shape, wta)
     steps = steps_per_epoch(config, wta)
     images = data.dataset.images[data.split.train]
-    stream = training_dataset(
-        images,
-        np.arange(len(images)),
-        ViewAugmenter(image_shape, config.augment, seed=config.seed + done),
-        config.batch_size,
-        seed=config.seed,
-        start_step=done * steps,
-    )
-    codes = tf.Variable(wta.codes, trainable=False)
-    stream = stream.map(lambda batch: {**batch, "wta": tf.gather(codes, batch["index"])})
+    stream, codes = training_stream(config, data, wta, start_epoch=done)
     refresh = None
     if config.wta.refresh_every:
         refresh = WTARefresh(images, codes, config.wta, config.seed, config.wta.refresh_every)
