@@ -1,0 +1,270 @@
+"""Search HARR's loss weights and WTA parameters with KerasTuner, alone or distributed.
+
+    python -m tuning.search --tuner bayesian --max-trials 12 --epochs 10 --bits 32
+
+Trials are scored by `val_map` (validation split, never the query set). At the end the
+top trials are printed and DIR/best.yaml is written; retrain it at the full budget with
+`python train.py --config DIR/best.yaml`. Rerunning the same command resumes an
+interrupted search (--overwrite starts over). Distributed: run this command once with
+KERASTUNER_TUNER_ID=chief and once per worker with KERASTUNER_TUNER_ID=workerN, all
+with the same KERASTUNER_ORACLE_IP / KERASTUNER_ORACLE_PORT, flags and --dir.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+
+import yaml
+
+TUNERS = ("random", "bayesian", "hyperband")
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1. Received: {value}")
+    return value
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    add = parser.add_argument
+    add("--tuner", choices=TUNERS, default="bayesian", help="search algorithm")
+    add(
+        "--max-trials",
+        type=positive_int,
+        default=12,
+        help="trials in all, counting those of a resumed search (random, bayesian; "
+        "hyperband's count follows from --epochs)",
+    )
+    add(
+        "--initial-points",
+        type=positive_int,
+        help="bayesian: random trials before the Gaussian process is used "
+        "(default: KerasTuner's, 3 x the number of tuned hyperparameters)",
+    )
+    add("--epochs", type=positive_int, default=10, help="epochs per trial (hyperband: the most)")
+    add(
+        "--steps-per-epoch",
+        type=positive_int,
+        help="batches per epoch of a trial (default: one pass over the training images)",
+    )
+    add(
+        "--train-size",
+        type=lambda s: s if s == "all" else int(s),
+        help="training images of a trial: N (spread over classes) or 'all' (default: protocol's)",
+    )
+    add("--dataset", help="dataset spec, as for train.py (default: the config's, fashion_mnist)")
+    add("--bits", type=positive_int, default=32, help="the one code length tuned")
+    add("--seed", type=int, default=0, help="seed of the split, WTA tables, weights and tuner")
+    add("--dir", default="runs/tuning", help="directory of the search; best.yaml is written here")
+    add("--project-name", default="harr", help="sub-directory of --dir holding the trials")
+    add("--overwrite", action="store_true", help="start over instead of resuming (chief only)")
+    add(
+        "--config",
+        help="YAML: train.py settings (the base of every trial and of best.yaml) plus an "
+        "optional `search_space:` section fixing or narrowing hyperparameters",
+    )
+    add(
+        "--oracle-timeout",
+        type=float,
+        default=120.0,
+        help="seconds a worker waits for the chief oracle before giving up",
+    )
+    add(
+        "--max-consecutive-failures",
+        type=positive_int,
+        default=3,
+        help="stop the search after this many failed (e.g. NaN) trials in a row",
+    )
+    add(
+        "--quiet",
+        action="store_true",
+        help="no progress output (per-epoch bars, per-trial summaries); the final table stays",
+    )
+    return parser.parse_args(argv)
+
+
+def role() -> str:
+    """'chief', 'worker' or 'alone', from KerasTuner's KERASTUNER_* variables."""
+    if "KERASTUNER_ORACLE_IP" not in os.environ:
+        return "alone"
+    missing = [
+        name
+        for name in ("KERASTUNER_ORACLE_PORT", "KERASTUNER_TUNER_ID")
+        if not os.environ.get(name)
+    ]
+    if missing:
+        raise SystemExit(
+            f"KERASTUNER_ORACLE_IP is set, so distributed tuning also needs {missing}."
+        )
+    return "chief" if "chief" in os.environ["KERASTUNER_TUNER_ID"] else "worker"
+
+
+def wait_for_chief(timeout: float) -> None:
+    """Fails with a clear message, instead of KerasTuner's hour-long wait, when the chief
+    oracle is not reachable within `timeout` seconds."""
+    import grpc
+
+    address = f"{os.environ['KERASTUNER_ORACLE_IP']}:{os.environ['KERASTUNER_ORACLE_PORT']}"
+    with grpc.insecure_channel(address) as channel:
+        try:
+            grpc.channel_ready_future(channel).result(timeout=timeout)
+        except grpc.FutureTimeoutError:
+            raise SystemExit(
+                f"Cannot reach the chief oracle at {address} (KERASTUNER_ORACLE_IP:"
+                f"KERASTUNER_ORACLE_PORT) within {timeout:g} s. Start the chief "
+                "(KERASTUNER_TUNER_ID=chief) first, check the address, or raise --oracle-timeout."
+            ) from None
+
+
+def read_config(path: str | None) -> tuple[dict, dict | None]:
+    """The train.py settings and the `search_space:` section of a YAML file."""
+    from harr_tf.config import read_settings_file
+
+    if not path:
+        return {}, None
+    values = read_settings_file(path)
+    space = values.pop("search_space", None)
+    return values, space
+
+
+def run_search(args: argparse.Namespace) -> int:
+    where = role()
+    if where == "worker":
+        wait_for_chief(args.oracle_timeout)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import keras
+
+    from harr_tf.config import to_dict
+    from tuning.hypermodel import HarrHyperModel
+    from tuning.results import best_config_yaml, trials_table
+
+    config, trial_config, space = search_configs(args)
+    project_dir = os.path.join(args.dir, args.project_name)
+    settings = {
+        "tuner": args.tuner,
+        "trials": to_dict(trial_config),
+        "search_space": space,
+        "base": to_dict(config),  # of best.yaml
+    }
+    overwrite = args.overwrite and where != "worker"  # the chief owns the project
+    if where != "worker" and not overwrite:
+        check_resumable(os.path.join(project_dir, "search.yaml"), settings)
+    try:
+        tuner = make_tuner(args, HarrHyperModel(trial_config, space), overwrite)
+    except (ValueError, FileNotFoundError) as error:
+        raise SystemExit(f"Invalid configuration: {error}") from error
+    if where != "worker":
+        with open(os.path.join(project_dir, "search.yaml"), "w") as f:
+            yaml.safe_dump(settings, f, sort_keys=False)
+    logs = keras.callbacks.TensorBoard(os.path.join(project_dir, "logs"))
+    try:
+        tuner.search(callbacks=[logs], verbose=0 if args.quiet else 1)
+    except RuntimeError as error:  # e.g. too many failed trials in a row
+        raise SystemExit(
+            f"The search stopped: {error}\nTrials so far are kept in {project_dir}."
+        ) from error
+    except KeyboardInterrupt:
+        raise SystemExit(f"Interrupted; rerun the same command to resume {project_dir}.") from None
+    if where == "worker":
+        print(f"Worker {os.environ['KERASTUNER_TUNER_ID']} finished; the chief writes the results.")
+        return 0
+    print(trials_table(list(tuner.oracle.trials.values())))
+    best = tuner.oracle.get_best_trials(1)
+    if not best or best[0].status != "COMPLETED":
+        print(f"error: no trial completed; see {project_dir}/trial_*/trial.json", file=sys.stderr)
+        return 1
+    path = os.path.join(args.dir, "best.yaml")
+    with open(f"{path}.tmp", "w") as f:
+        f.write(best_config_yaml(config, best[0], trial_config, path))
+    os.replace(f"{path}.tmp", path)
+    print(f"Best configuration: {path}\nRetrain it: python train.py --config {path}")
+    print(f"TensorBoard (HParams): tensorboard --logdir {os.path.join(project_dir, 'logs')}")
+    return 0
+
+
+def search_configs(args: argparse.Namespace) -> tuple:
+    """The base config (of best.yaml: the file's settings and budget, with --dataset,
+    --bits, --seed), the trials' config (the base at the search's budget), and the
+    file's `search_space:` section."""
+    from harr_tf.config import TrainConfig, from_dict
+
+    values, space = read_config(args.config)
+    try:
+        config = from_dict(TrainConfig, values)
+        config = dataclasses.replace(
+            config, dataset=args.dataset or config.dataset, bits=(args.bits,), seed=args.seed
+        )
+        trial_config = dataclasses.replace(
+            config,
+            epochs=args.epochs,
+            steps_per_epoch=args.steps_per_epoch or config.steps_per_epoch,
+            train_size=args.train_size if args.train_size is not None else config.train_size,
+        )
+    except ValueError as error:
+        raise SystemExit(f"Invalid configuration: {error}") from error
+    return config, trial_config, space
+
+
+def make_tuner(args: argparse.Namespace, hypermodel, overwrite: bool):
+    """KerasTuner's tuner of `--tuner`; it reloads the project unless `overwrite`."""
+    import keras_tuner
+
+    from tuning.hypermodel import OBJECTIVE
+
+    common = {
+        "objective": OBJECTIVE,
+        "seed": args.seed,
+        "directory": args.dir,
+        "project_name": args.project_name,
+        "overwrite": overwrite,
+        "max_consecutive_failed_trials": args.max_consecutive_failures,
+    }
+    if args.tuner == "hyperband":
+        return keras_tuner.Hyperband(hypermodel, max_epochs=args.epochs, **common)
+    if args.tuner == "random":
+        return keras_tuner.RandomSearch(hypermodel, max_trials=args.max_trials, **common)
+    return keras_tuner.BayesianOptimization(
+        hypermodel, max_trials=args.max_trials, num_initial_points=args.initial_points, **common
+    )
+
+
+def check_resumable(path: str, settings: dict) -> None:
+    """A resumed search must run its trials as it started them."""
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        saved = _flatten(yaml.safe_load(f))
+    current = _flatten(settings)
+    changed = sorted(k for k in saved.keys() | current.keys() if saved.get(k) != current.get(k))
+    if changed:
+        raise SystemExit(
+            f"{path} holds a search started with other settings ({', '.join(changed)}). "
+            "Rerun it with the same flags and --config, pass --overwrite to start over, "
+            "or use another --project-name."
+        )
+
+
+def _flatten(values, prefix: str = "") -> dict:
+    if not isinstance(values, dict):
+        return {prefix: values}
+    flat = {}
+    for key, value in values.items():
+        flat.update(
+            _flatten(value, f"{prefix}{key}." if isinstance(value, dict) else f"{prefix}{key}")
+        )
+    return flat
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_search(parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
