@@ -18,3 +18,25 @@ def require_fashion_mnist() -> str:
     if os.environ.get("CI") == "true":
         pytest.fail(f"CI must have the real Fashion-MNIST files at {FASHION_MNIST_DIR}")
     pytest.skip(f"real Fashion-MNIST not found at {FASHION_MNIST_DIR}")
+
+
+def write_fashion_mnist_subset(directory, per_class: int) -> str:
+    """`per_class` real Fashion-MNIST images of each class (seeded) as an npz spec, so a
+    test trains on real pixels in seconds."""
+    import numpy as np
+
+    from harr_tf.data import load_dataset
+
+    dataset = load_dataset(f"idx:{require_fashion_mnist()}")
+    rng = np.random.default_rng(0)
+    keep = np.sort(
+        np.concatenate(
+            [
+                rng.choice(np.flatnonzero(dataset.labels == c), per_class, replace=False)
+                for c in range(10)
+            ]
+        )
+    )
+    path = os.path.join(directory, "fashion_subset.npz")
+    np.savez(path, images=dataset.images[keep], labels=dataset.labels[keep])
+    return f"npz:{path}"

@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 import yaml
-from conftest import require_fashion_mnist
+from conftest import write_fashion_mnist_subset
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = ["--train-size", "200", "--batch-size", "32", "--width", "4", "--quiet"]
@@ -20,18 +20,7 @@ SMALL = ["--train-size", "200", "--batch-size", "32", "--width", "4", "--quiet"]
 @pytest.fixture(scope="module")
 def subset(tmp_path_factory):
     """250 real images per class: 100 queries, 50 validation, 20 training, the rest database."""
-    from harr_tf.data import load_dataset
-
-    dataset = load_dataset(f"idx:{require_fashion_mnist()}")
-    rng = np.random.default_rng(0)
-    keep = np.sort(
-        np.concatenate(
-            [rng.choice(np.flatnonzero(dataset.labels == c), 250, replace=False) for c in range(10)]
-        )
-    )
-    path = tmp_path_factory.mktemp("data") / "fashion_subset.npz"
-    np.savez(path, images=dataset.images[keep], labels=dataset.labels[keep])
-    return f"npz:{path}"
+    return write_fashion_mnist_subset(tmp_path_factory.mktemp("data"), 250)
 
 
 def train(*args, check=True, **kwargs):

@@ -17,7 +17,7 @@ import keras_tuner
 import numpy as np
 import pytest
 import yaml
-from conftest import require_fashion_mnist
+from conftest import write_fashion_mnist_subset
 
 from harr_tf.config import ModelConfig, TrainConfig
 from harr_tf.features import wta_features
@@ -37,18 +37,7 @@ TINY_SPACE = {"num_permutations": 32, "batch_size": 32, "window": 4}
 @pytest.fixture(scope="module")
 def subset(tmp_path_factory):
     """200 real images per class: 100 queries, 50 validation, 20 training, 30 more database."""
-    from harr_tf.data import load_dataset
-
-    dataset = load_dataset(f"idx:{require_fashion_mnist()}")
-    rng = np.random.default_rng(0)
-    keep = np.sort(
-        np.concatenate(
-            [rng.choice(np.flatnonzero(dataset.labels == c), 200, replace=False) for c in range(10)]
-        )
-    )
-    path = tmp_path_factory.mktemp("data") / "fashion_subset.npz"
-    np.savez(path, images=dataset.images[keep], labels=dataset.labels[keep])
-    return f"npz:{path}"
+    return write_fashion_mnist_subset(tmp_path_factory.mktemp("data"), 200)
 
 
 def tiny_config(subset, **changes):
