@@ -8,6 +8,7 @@ import os
 import keras
 import numpy as np
 
+from harr_tf.atomic import write_json_atomically
 from harr_tf.config import WTAConfig
 from harr_tf.encoder import encode_images
 from harr_tf.retrieval import mean_average_precision
@@ -126,14 +127,6 @@ class ResumableCheckpoint(keras.callbacks.Callback):
             return 0
         with open(path) as f:
             return int(json.load(f)["epoch"])
-
-
-def write_json_atomically(path: str, value: dict) -> None:
-    """Writes JSON next to `path` and renames it into place."""
-    temporary = f"{path}.tmp"
-    with open(temporary, "w") as f:
-        json.dump(value, f, indent=2)
-    os.replace(temporary, path)
 
 
 class WTARefresh(keras.callbacks.Callback):

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import faiss
 import numpy as np
 from tqdm import tqdm
+
+from harr_tf.atomic import atomic_path, write_text_atomically
 
 INDEX_KINDS = ("flat", "ivf")
 _ADD_CHUNK = 65536
@@ -155,11 +156,9 @@ class HammingIndex:
     def save(self, path: str | Path) -> None:
         """Write the index to `path` and its ids beside it, each atomically."""
         path = Path(path)
-        _atomic_write(
-            ids_path(path),
-            lambda tmp: tmp.write_text(json.dumps({"kind": self.kind, "ids": self.ids})),
-        )
-        _atomic_write(path, lambda tmp: faiss.write_index_binary(self.index, str(tmp)))
+        write_text_atomically(ids_path(path), json.dumps({"kind": self.kind, "ids": self.ids}))
+        with atomic_path(path) as temporary:
+            faiss.write_index_binary(self.index, str(temporary))
 
     @classmethod
     def load(cls, path: str | Path) -> HammingIndex:
@@ -212,13 +211,3 @@ def _trained_ivf(packed: np.ndarray, bits: int, nlist: int, seed: int) -> faiss.
     index.cp.seed = seed
     index.train(packed[np.sort(sample)])
     return index
-
-
-def _atomic_write(path: Path, write) -> None:
-    """Run `write(tmp)` on a temporary file beside `path`, then rename it onto `path`."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)

@@ -14,6 +14,7 @@ import tensorflow as tf
 import yaml
 
 from harr_tf import report
+from harr_tf.atomic import write_json_atomically
 from harr_tf.baselines import METHODS, evaluate_baseline
 from harr_tf.callbacks import (
     BetaSchedule,
@@ -21,7 +22,6 @@ from harr_tf.callbacks import (
     RetrievalEvaluation,
     StopOnNonFiniteLoss,
     WTARefresh,
-    write_json_atomically,
 )
 from harr_tf.config import TrainConfig, to_dict
 from harr_tf.data import ImageDataset, ProtocolSplit, get_protocol, load_dataset, make_split

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import shutil
 import zipfile
-from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
+
+from harr_tf.atomic import atomic_path, write_text_atomically
 
 _CODES_KEYS = ("ids", "codes", "packed")
 _META_FILE = "meta.json"
@@ -121,8 +120,8 @@ class CodeStore:
     def begin(self, origin: CodesOrigin) -> None:
         """Starts (or continues) the checkpoint of a run by `origin`."""
         self.parts.mkdir(parents=True, exist_ok=True)
-        meta = json.dumps(dataclasses.asdict(origin)).encode()
-        _atomic_write(self.parts / _META_FILE, lambda file: file.write(meta))
+        meta = json.dumps(dataclasses.asdict(origin))
+        write_text_atomically(self.parts / _META_FILE, meta)
 
     def checkpoint(self, ids: list[str], codes: np.ndarray, packed: np.ndarray) -> None:
         """Saves one more part of codes; a later `load()` sees it."""
@@ -160,17 +159,6 @@ class CodeStore:
 
 
 def _atomic_savez(path: Path, **arrays: np.ndarray) -> None:
-    _atomic_write(path, lambda file: np.savez(file, **arrays))
-
-
-def _atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
-    """`write(file)` into a temporary file beside `path`, synced, then renamed onto `path`."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as file:
-            write(file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    # A file object, not a path: np.savez would append ".npz" to the temporary name.
+    with atomic_path(path) as temporary, open(temporary, "wb") as file:
+        np.savez(file, **arrays)

@@ -19,6 +19,8 @@ import sys
 
 import yaml
 
+from harr_tf.atomic import write_text_atomically
+
 TUNERS = ("random", "bayesian", "hyperband")
 
 
@@ -181,9 +183,7 @@ def run_search(args: argparse.Namespace) -> int:
         print(f"error: no trial completed; see {project_dir}/trial_*/trial.json", file=sys.stderr)
         return 1
     path = os.path.join(args.dir, "best.yaml")
-    with open(f"{path}.tmp", "w") as f:
-        f.write(best_config_yaml(config, best[0], trial_config, path))
-    os.replace(f"{path}.tmp", path)
+    write_text_atomically(path, best_config_yaml(config, best[0], trial_config, path))
     print(f"Best configuration: {path}\nRetrain it: python train.py --config {path}")
     print(f"TensorBoard (HParams): tensorboard --logdir {os.path.join(project_dir, 'logs')}")
     return 0
