@@ -55,9 +55,9 @@ def main() -> None:
         rows.append((source, window, teacher_quality(encode_wta(features, table), labels, window)))
     print(f"{dataset.name}: {len(images)} training images, P = {args.permutations}")
     columns = list(rows[0][2])
-    print(f"{'feature source':16s} {'K':>3s} " + " ".join(f"{c:>9s}" for c in columns))
+    print(f"{'feature source':22s} {'K':>3s} " + " ".join(f"{c:>9s}" for c in columns))
     for source, window, result in rows:
-        print(f"{source:16s} {window:3d} " + " ".join(f"{result[c]:9.3f}" for c in columns))
+        print(f"{source:22s} {window:3d} " + " ".join(f"{result[c]:9.3f}" for c in columns))
 
 
 if __name__ == "__main__":

@@ -4,7 +4,12 @@ import numpy as np
 import pytest
 
 from harr_tf.config import WTAConfig
-from harr_tf.features import pixel_features, smoothed_pixel_features, wta_features
+from harr_tf.features import (
+    pixel_features,
+    smoothed_pixel_features,
+    sqrt_smoothed_pixel_features,
+    wta_features,
+)
 
 
 def test_pixel_features_scale_to_unit_interval():
@@ -35,6 +40,27 @@ def test_smoothed_pixels_match_the_direct_computation(shape):
     features = smoothed_pixel_features(images)
     assert features.shape == (shape[0], np.prod(shape[1:])) and features.dtype == np.float32
     np.testing.assert_allclose(features, reference_smoothed(images), rtol=1e-4, atol=1e-4)
+
+
+def test_sqrt_smoothed_pixels_smooth_the_square_roots():
+    images = np.random.default_rng(2).integers(0, 256, (5, 6, 7, 1), dtype=np.uint8)
+    expected = reference_smoothed(np.sqrt(images.astype(np.float64)))
+    np.testing.assert_allclose(sqrt_smoothed_pixel_features(images), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_sqrt_smoothed_pixels_ignore_each_images_contrast():
+    rng = np.random.default_rng(3)
+    images = rng.integers(1, 128, (5, 8, 8, 1)).astype(np.float32)
+    changed = images * rng.uniform(0.5, 2.0, (5, 1, 1, 1))
+    np.testing.assert_allclose(
+        sqrt_smoothed_pixel_features(changed), sqrt_smoothed_pixel_features(images), atol=2e-3
+    )
+    # An offset is not a scale of the square roots: the features do see it.
+    shifted = images + 60.0
+    assert (
+        np.abs(sqrt_smoothed_pixel_features(shifted) - sqrt_smoothed_pixel_features(images)).max()
+        > 0.1
+    )
 
 
 def test_smoothed_pixels_ignore_each_images_brightness_and_contrast():

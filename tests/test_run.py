@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from harr_tf.config import TrainConfig, WTAConfig
-from harr_tf.features import wta_features
+from harr_tf.features import FEATURE_SOURCES, wta_features
 from harr_tf.run import build_wta_structure, load_run_data
 from harr_tf.wta import encode_wta
 
@@ -48,7 +48,7 @@ def test_train_size_on_unlabeled_and_multi_label_data(tmp_path):
     assert len(data.split.train) == 2000 - 1000 - 500 and data.top_k == 5000
 
 
-@pytest.mark.parametrize("source", ["pixels", "smoothed_pixels"])
+@pytest.mark.parametrize("source", FEATURE_SOURCES)
 def test_wta_structure_of_the_configured_feature_source(source):
     images = np.random.default_rng(0).integers(0, 256, (50, 5, 4, 1), dtype=np.uint8)
     config = TrainConfig(
