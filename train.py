@@ -71,6 +71,13 @@ FLAGS = [
     ("--backbone", "model", "backbone", str, "small_cnn | vgg16 | resnet50 | efficientnetb0"),
     ("--weights", "model", "weights", str, "imagenet | none | PATH of a weights file"),
     ("--width", "model", "width", int, "small_cnn channels of the first stage"),
+    (
+        "--pooling",
+        "model",
+        "pooling",
+        str,
+        "small_cnn feature pooling: grid (averages over 3x3 regions, flattened) | global",
+    ),
     ("--beta", "model", "beta", float, "initial tanh scale β of the hash head"),
     ("--beta-growth", "model", "beta_growth", float, "β grows by this fraction per epoch"),
     ("--temperature", "loss", "temperature", float, "contrastive temperature T"),
@@ -94,8 +101,9 @@ FLAGS = [
         "wta",
         "features",
         str,
-        "what the WTA structure ranks: smoothed_pixels (contrast-normalised, blurred, "
-        "standardised) | pixels",
+        "what the WTA structure ranks: sqrt_smoothed_pixels (square roots of the "
+        "intensities, then as smoothed_pixels) | smoothed_pixels (contrast-normalised, "
+        "blurred, standardised) | pixels",
     ),
     ("--permutations", "wta", "num_permutations", int, "P, number of WTA permutations"),
     ("--window", "wta", "window", int, "K, WTA window size"),

@@ -16,9 +16,20 @@ BACKBONES = ("small_cnn", "vgg16", "resnet50", "efficientnetb0")
 PRETRAINED_INPUT_SIZE = 224
 
 
-def small_cnn(input_shape: tuple[int, int, int], width: int = 32) -> keras.Model:
-    """Three stages of two 3×3 conv-BN-ReLU blocks (width, 2·width, 4·width), then
-    global average pooling: (batch, H, W, C) → (batch, 4·width)."""
+POOLINGS = ("grid", "global")
+
+
+def small_cnn(
+    input_shape: tuple[int, int, int], width: int = 32, pooling: str = "grid"
+) -> keras.Model:
+    """Three stages of two 3×3 conv-BN-ReLU blocks (width, 2·width, 4·width), then pooling.
+
+    `pooling="grid"` averages the last feature map over a 3×3 grid of regions and
+    flattens it, (batch, 36·width): where a part of the garment is stays in the
+    features (a sleeve, a heel). `"global"` averages over the whole map, (batch, 4·width).
+    """
+    if pooling not in POOLINGS:
+        raise ValueError(f"Unknown pooling. Expected one of {POOLINGS}. Received: {pooling!r}")
     inputs = keras.Input(input_shape, name="pixels")
     x = keras.layers.Rescaling(1.0 / 255.0)(inputs)
     for stage, filters in enumerate((width, 2 * width, 4 * width)):
@@ -28,7 +39,10 @@ def small_cnn(input_shape: tuple[int, int, int], width: int = 32) -> keras.Model
             x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False)(x)
             x = keras.layers.BatchNormalization()(x)
             x = keras.layers.ReLU()(x)
-    features = keras.layers.GlobalAveragePooling2D()(x)
+    if pooling == "grid":
+        features = keras.layers.Flatten()(keras.layers.AdaptiveAveragePooling2D(3)(x))
+    else:
+        features = keras.layers.GlobalAveragePooling2D()(x)
     return keras.Model(inputs, features, name="backbone")
 
 
@@ -119,16 +133,23 @@ def pretrained_backbone(
 
 
 def build_backbone(
-    name: str, input_shape: tuple[int, int, int], weights: str = "none", width: int = 32
+    name: str,
+    input_shape: tuple[int, int, int],
+    weights: str = "none",
+    width: int = 32,
+    pooling: str = "grid",
 ) -> keras.Model:
-    """Any backbone of `BACKBONES` by name, named "backbone": (batch, H, W, C) → (batch, d)."""
+    """Any backbone of `BACKBONES` by name, named "backbone": (batch, H, W, C) → (batch, d).
+
+    `width` and `pooling` shape `small_cnn` only; the others keep their own pooling.
+    """
     if name == "small_cnn":
         if weights != "none":
             raise ValueError(
                 f"small_cnn trains from scratch: it has no pretrained weights. "
                 f"Received: weights={weights!r}"
             )
-        return small_cnn(input_shape, width)
+        return small_cnn(input_shape, width, pooling)
     if name not in BACKBONES:
         raise ValueError(f"Unknown backbone. Expected one of {BACKBONES}. Received: {name!r}")
     return pretrained_backbone(name, input_shape, weights)

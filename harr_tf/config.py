@@ -12,6 +12,7 @@ from typing import Any
 
 import yaml
 
+from harr_tf.backbones import POOLINGS
 from harr_tf.data.augment import AugmentConfig
 from harr_tf.features import validate_feature_source
 from harr_tf.layers import validate_bits
@@ -53,9 +54,16 @@ class ModelConfig:
     backbone: str = "small_cnn"
     weights: str = "none"
     width: int = 16
+    pooling: str = "global"  # small_cnn: "grid" (3×3 regions) or "global"
     beta: float = 1.0
     beta_growth: float = 0.0
     backbone_lr_multiplier: float = 0.01
+
+    def __post_init__(self) -> None:
+        if self.pooling not in POOLINGS:
+            raise ValueError(
+                f"Unknown pooling. Expected one of {POOLINGS}. Received: {self.pooling!r}"
+            )
 
 
 @dataclasses.dataclass(frozen=True)

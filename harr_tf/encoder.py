@@ -21,7 +21,9 @@ def build_encoder(
     during training); the head is the layer named "hash_head".
     """
     config = config or ModelConfig()
-    backbone = build_backbone(config.backbone, input_shape, config.weights, config.width)
+    backbone = build_backbone(
+        config.backbone, input_shape, config.weights, config.width, config.pooling
+    )
     inputs = keras.Input(input_shape, name="pixels")
     codes = HashHead(bits, beta=config.beta, name="hash_head")(backbone(inputs))
     return keras.Model(inputs, codes, name=f"harr_encoder_{bits}")

@@ -8,11 +8,28 @@ from harr_tf.backbones import ImageNetPreprocess, build_backbone
 
 
 @pytest.mark.parametrize("channels", [1, 3])
-def test_small_cnn_features(channels):
-    backbone = build_backbone("small_cnn", (28, 28, channels), width=8)
+@pytest.mark.parametrize(("pooling", "dim"), [("grid", 9 * 32), ("global", 32)])
+def test_small_cnn_features(channels, pooling, dim):
+    backbone = build_backbone("small_cnn", (28, 28, channels), width=8, pooling=pooling)
     images = np.random.default_rng(0).uniform(0, 255, (2, 28, 28, channels)).astype("float32")
     assert backbone.name == "backbone"
-    assert backbone(images).shape == (2, 32)
+    assert backbone(images).shape == (2, dim)
+
+
+def test_grid_pooling_keeps_where_features_are():
+    """The last 7×7 feature map's 3×3 overlapping regions are averaged separately."""
+    backbone = build_backbone("small_cnn", (28, 28, 1), width=4, pooling="grid")
+    grid = backbone.layers[-2]
+    assert isinstance(grid, keras.layers.AdaptiveAveragePooling2D)
+    feature_map = np.arange(7 * 7 * 16, dtype="float32").reshape(1, 7, 7, 16)
+    expected = np.stack(
+        [
+            feature_map[0, r : r + 3, c : c + 3].mean(axis=(0, 1))
+            for r in (0, 2, 4)
+            for c in (0, 2, 4)
+        ]
+    )
+    np.testing.assert_allclose(grid(feature_map)[0], expected.reshape(3, 3, 16), rtol=1e-6)
 
 
 @pytest.mark.parametrize(("name", "dim"), [("resnet50", 2048), ("efficientnetb0", 1280)])
@@ -57,6 +74,8 @@ def test_bad_weights_and_names_are_rejected(tmp_path):
         build_backbone("small_cnn", (28, 28, 1), weights="imagenet")
     with pytest.raises(ValueError, match="'alexnet'"):
         build_backbone("alexnet", (28, 28, 1))
+    with pytest.raises(ValueError, match="pooling.*'max'"):
+        build_backbone("small_cnn", (28, 28, 1), pooling="max")
 
 
 def test_caffe_preprocess_matches_keras_applications_and_round_trips():

@@ -34,7 +34,8 @@ def train(*args, check=True, **kwargs):
 
 def test_help_lists_every_flag():
     out = train("--help").stdout
-    for flag in ("--dataset", "--bits", "--train-size", "--resume", "--config", "--window"):
+    flags = ("--dataset", "--bits", "--train-size", "--resume", "--config", "--window", "--pooling")
+    for flag in flags:
         assert flag in out
 
 
@@ -109,6 +110,8 @@ def test_resume_after_kill_continues_from_the_last_epoch(subset, tmp_path):
         (["--dataset", "nope"], "nope"),
         (["--resume", "--run-dir", "/nonexistent"], "--resume needs"),
         (["--config", "/nonexistent.yaml"], "no such file"),
+        (["--pooling", "max"], "Expected one of ('grid', 'global'). Received: 'max'"),
+        (["--wta-features", "hog"], "'hog'"),
     ],
 )
 def test_bad_input_gets_one_clear_error(args, message, tmp_path):
