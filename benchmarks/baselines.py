@@ -1,8 +1,11 @@
 """Table of the classical baselines (LSH, PCAH, ITQ): mAP@K per code length.
 
     python benchmarks/baselines.py --dataset fashion_mnist --bits 16,32,64 --json baselines.json
+    python benchmarks/baselines.py --features sqrt_smoothed_pixels   # on HARR's WTA features
 
-Same protocol split and evaluation code as every HARR number (DESIGN §3).
+Same protocol split and evaluation code as every HARR number (DESIGN §3). The feature
+source is raw pixels by default (DESIGN's yardstick); `--features` takes any WTA feature
+source instead, computed over all the dataset's images (no labels involved).
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import time
 
 from harr_tf.baselines import METHODS, evaluate_baseline
 from harr_tf.data import get_protocol, load_dataset, make_split
-from harr_tf.features import pixel_features
+from harr_tf.features import FEATURE_SOURCES, wta_features
 
 
 def parse_args() -> argparse.Namespace:
@@ -22,6 +25,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--data-dir", help="local IDX directory for fashion_mnist/mnist")
     parser.add_argument("--bits", default="16,32,64", help="comma-separated code lengths")
     parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated baselines")
+    parser.add_argument(
+        "--features",
+        default="pixels",
+        choices=FEATURE_SOURCES,
+        help="feature source the baselines hash (default: pixels)",
+    )
     parser.add_argument("--protocol", default="standard", help="evaluation protocol name")
     parser.add_argument("--seed", type=int, default=0, help="split and projection seed")
     parser.add_argument("--json", help="write {method: {bits: mAP}} to this file")
@@ -38,11 +47,11 @@ def main() -> None:
     protocol = get_protocol(args.protocol)
     split = make_split(dataset.labels, dataset.num_items, protocol, seed=args.seed)
     top_k = protocol.multi_label_top_k if dataset.multi_label else protocol.top_k
-    features = pixel_features(dataset.images)
+    features = wta_features(dataset.images, args.features)
     print(
         f"{dataset.name} ({dataset.source}): {len(split.query)} queries, "
         f"{len(split.database)} database, {len(split.train)} training images, "
-        f"mAP@{top_k or 'all'}, pixel features"
+        f"mAP@{top_k or 'all'}, {args.features} features"
     )
     results: dict[str, dict[str, float]] = {}
     header = f"{'method':<8}" + "".join(f"{b:>10} bits" for b in bits_list) + f"{'seconds':>10}"
