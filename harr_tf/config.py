@@ -23,7 +23,7 @@ class WTAConfig:
     """The similarity structure: P permutations of window K over a feature source,
     positive fraction ρ."""
 
-    features: str = "smoothed_pixels"  # one of harr_tf.features.FEATURE_SOURCES
+    features: str = "sqrt_smoothed_pixels"  # one of harr_tf.features.FEATURE_SOURCES
     num_permutations: int = 512
     window: int = 4
     positive_fraction: float = 0.05
@@ -54,7 +54,7 @@ class ModelConfig:
     backbone: str = "small_cnn"
     weights: str = "none"
     width: int = 16
-    pooling: str = "global"  # small_cnn: "grid" (3×3 regions) or "global"
+    pooling: str = "grid"  # small_cnn: "grid" (3×3 regions) or "global"
     beta: float = 1.0
     beta_growth: float = 0.0
     backbone_lr_multiplier: float = 0.01

@@ -25,14 +25,18 @@ import tensorflow as tf
 
 @dataclasses.dataclass(frozen=True)
 class AugmentConfig:
-    """Augmentation strengths (authors' values; Keras 3 semantics for the colour ops).
+    """Augmentation strengths (authors' values, except view W's crop; Keras 3 semantics
+    for the colour ops).
 
     `min_crop_pixels` scales crops to small images: the smallest crop keeps at
     least this many pixels on a side, so a 28×28 image is never cut to 8×8.
+    `weak_crop_scale` (view W, the view L_sim and L_q see) keeps at least 60 % of the
+    image: its WTA targets were computed on whole images, and a third of a garment
+    rarely looks like its WTA neighbours (README, "What was tried").
     """
 
     strong_crop_scale: tuple[float, float] = (0.08, 1.0)
-    weak_crop_scale: tuple[float, float] = (0.08, 1.0)
+    weak_crop_scale: tuple[float, float] = (0.6, 1.0)
     aspect_ratio: tuple[float, float] = (3 / 4, 4 / 3)
     min_crop_pixels: int = 16
     flip: bool = True
