@@ -107,7 +107,7 @@ def hamming_distances(query_codes: np.ndarray, database_codes: np.ndarray) -> np
     return _distances(*_check_inputs(query_codes, database_codes))
 
 
-def _average_precision(ranked: np.ndarray) -> np.ndarray:
+def average_precision(ranked: np.ndarray) -> np.ndarray:
     """AP (c,) of ranked relevance (c, K): (1/R) Σ_k P(k)·rel(k), 0 when R = 0."""
     hits = np.cumsum(ranked, axis=1)
     total = (hits / np.arange(1, ranked.shape[1] + 1) * ranked).sum(axis=1)
@@ -162,7 +162,7 @@ def _mean_metrics(
                 keys = np.partition(keys, depth - 1, axis=1)[:, :depth]
             keys.sort(axis=1)
             ranked = np.take_along_axis(relevance, keys % size, axis=1)  # (c, depth)
-            ap += _average_precision(ranked[:, :top_k]).sum() if top_k else 0.0
+            ap += average_precision(ranked[:, :top_k]).sum() if top_k else 0.0
             if cutoffs:
                 at_n += np.cumsum(ranked, axis=1)[:, np.array(cutoffs) - 1].sum(axis=0) / cutoffs
         if curves:

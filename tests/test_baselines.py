@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from conftest import require_fashion_mnist
 
-from harr_tf.baselines import evaluate_baseline, hash_codes, train_hasher
+from harr_tf.baselines import evaluate_baseline, exact_map, hash_codes, train_hasher
+from harr_tf.data.splits import ProtocolSplit
 from harr_tf.features import pixel_features
 
 
@@ -79,3 +80,30 @@ def test_itq_64_bits_on_real_fashion_mnist_matches_the_literature():
     # Measured here: 0.673 at seed 0, 0.671 ± 0.009 over split seeds 0-7 (the query
     # set moves every method together by about ±0.015), so the band is ±0.03.
     assert abs(value - 0.649) <= 0.03
+
+
+def test_exact_map_ranks_by_euclidean_distance_ties_by_index():
+    # Query 0 sits at 0.0 (class 0); the database items are at the distances below.
+    #   item:      1     2     3     4     5
+    #   position: 1.0  -1.0   0.5   3.0   0.5    (items 3 and 5 tie at 0.5: 3 first)
+    #   class:     0     1     1     0     0
+    # Ranking 3, 5, 1, 2, 4 → relevance 0, 1, 1, 0, 1.
+    features = np.array([[0.0], [1.0], [-1.0], [0.5], [3.0], [0.5]], dtype=np.float32)
+    labels = np.array([0, 0, 1, 1, 0, 0])
+    split = ProtocolSplit(
+        query=np.array([0]),
+        database=np.arange(1, 6),
+        train=np.arange(1, 6),
+        validation=np.array([], dtype=np.int64),
+        protocol="test",
+        seed=0,
+    )
+    assert exact_map(features, labels, split, top_k=None) == pytest.approx(
+        (1 / 2 + 2 / 3 + 3 / 5) / 3
+    )
+    assert exact_map(features, labels, split, top_k=2) == pytest.approx(1 / 2)
+    assert exact_map(features, labels, split, top_k=1) == 0.0
+    # A multi-hot database: relevance is one shared label.
+    multi_hot = np.array([[1, 0], [1, 1], [0, 1], [0, 1], [1, 0], [0, 0]])
+    # Ranking 3, 5, 1, 2, 4 → relevance 0, 0, 1, 0, 1.
+    assert exact_map(features, multi_hot, split, top_k=None) == pytest.approx((1 / 3 + 2 / 5) / 2)
