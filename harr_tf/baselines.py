@@ -8,7 +8,7 @@ and the same evaluation code (`harr_tf.retrieval`).
 - ITQ: PCA followed by the rotation that minimises quantisation error
   (Gong & Lazebnik, CVPR 2011, https://doi.org/10.1109/CVPR.2011.5995432).
 
-`exact_map` is the ceiling those codes are measured against: the uncompressed features
+`exact_map` is the yardstick that codes are measured against: the uncompressed features
 ranked by Euclidean distance (DESIGN's "exact L2 on pixels").
 """
 
