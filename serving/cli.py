@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
+from serving import IMAGES_SIGNATURE
+
 
 def positive(kind: type, allow_zero: bool = False) -> Callable[[str], int | float]:
     """An argparse type: `kind(text)`, which must be > 0 (or >= 0 with `allow_zero`)."""
@@ -20,6 +22,19 @@ def positive(kind: type, allow_zero: bool = False) -> Callable[[str], int | floa
         return value
 
     return parse
+
+
+def add_endpoint_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--server`, `--model` and `--signature` of a command that sends images to a server."""
+    parser.add_argument(
+        "--server", required=True, help="gRPC endpoint HOST:PORT, e.g. localhost:8500"
+    )
+    parser.add_argument("--model", default="harr", help="served model name (default: harr)")
+    parser.add_argument(
+        "--signature",
+        default=IMAGES_SIGNATURE,
+        help=f"signature taking encoded images (tf.string) (default: {IMAGES_SIGNATURE})",
+    )
 
 
 def add_retry_arguments(parser: argparse.ArgumentParser, deadline: float, retries: int) -> None:

@@ -22,8 +22,7 @@ from collections.abc import Iterator
 import numpy as np
 from tqdm import tqdm
 
-from serving import IMAGES_SIGNATURE
-from serving.cli import add_retry_arguments, positive
+from serving.cli import add_endpoint_arguments, add_retry_arguments, positive
 from serving.client import RequestFailed, ServingClient, map_concurrently
 from serving.code_store import CodesOrigin, CodeStore, StoredCodes
 from serving.collection import INPUT_FORMS, Collection, open_collection
@@ -215,15 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         description="Encode every image of a collection into binary codes through a "
         "TensorFlow Serving (or serving.server) gRPC endpoint.",
     )
-    parser.add_argument(
-        "--server", required=True, help="gRPC endpoint HOST:PORT, e.g. localhost:8500"
-    )
-    parser.add_argument("--model", default="harr", help="served model name (default: harr)")
-    parser.add_argument(
-        "--signature",
-        default=IMAGES_SIGNATURE,
-        help="signature taking encoded images (tf.string) (default: serving_default)",
-    )
+    add_endpoint_arguments(parser)
     parser.add_argument("--input", required=True, help=f"the images: {INPUT_FORMS}")
     parser.add_argument(
         "--out", required=True, help="codes file to write, e.g. codes.npz (ids, codes, packed)"

@@ -17,8 +17,7 @@ import time
 from pathlib import Path
 
 from harr_tf.index import INDEX_KINDS, HammingIndex, ids_path
-from serving import IMAGES_SIGNATURE
-from serving.cli import add_retry_arguments, positive
+from serving.cli import add_endpoint_arguments, add_retry_arguments, positive
 from serving.code_store import load_codes_file
 
 _QUERY_BATCH = 64
@@ -147,15 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     query_parser = commands.add_parser("query", help="search the index with images")
     query_parser.add_argument("--index", required=True, help="index written by `build`")
-    query_parser.add_argument(
-        "--server", required=True, help="gRPC endpoint HOST:PORT, e.g. localhost:8500"
-    )
-    query_parser.add_argument("--model", default="harr", help="served model name (default: harr)")
-    query_parser.add_argument(
-        "--signature",
-        default=IMAGES_SIGNATURE,
-        help="signature taking encoded images (default: serving_default)",
-    )
+    add_endpoint_arguments(query_parser)
     query_parser.add_argument("images", nargs="+", metavar="IMAGE", help="query image files")
     query_parser.add_argument(
         "--top-k", type=positive(int), default=10, help="results per query (default: 10)"
