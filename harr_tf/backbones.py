@@ -19,6 +19,11 @@ PRETRAINED_INPUT_SIZE = 224
 POOLINGS = ("grid", "global")
 
 
+def validate_pooling(pooling: str) -> None:
+    if pooling not in POOLINGS:
+        raise ValueError(f"Unknown pooling. Expected one of {POOLINGS}. Received: {pooling!r}")
+
+
 def small_cnn(
     input_shape: tuple[int, int, int], width: int = 32, pooling: str = "grid"
 ) -> keras.Model:
@@ -28,8 +33,7 @@ def small_cnn(
     flattens it, (batch, 36·width): where a part of the garment is stays in the
     features (a sleeve, a heel). `"global"` averages over the whole map, (batch, 4·width).
     """
-    if pooling not in POOLINGS:
-        raise ValueError(f"Unknown pooling. Expected one of {POOLINGS}. Received: {pooling!r}")
+    validate_pooling(pooling)
     inputs = keras.Input(input_shape, name="pixels")
     x = keras.layers.Rescaling(1.0 / 255.0)(inputs)
     for stage, filters in enumerate((width, 2 * width, 4 * width)):

@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from harr_tf.backbones import POOLINGS
+from harr_tf.backbones import validate_pooling
 from harr_tf.data.augment import AugmentConfig
 from harr_tf.features import validate_feature_source
 from harr_tf.layers import validate_bits
@@ -60,10 +60,7 @@ class ModelConfig:
     backbone_lr_multiplier: float = 0.01
 
     def __post_init__(self) -> None:
-        if self.pooling not in POOLINGS:
-            raise ValueError(
-                f"Unknown pooling. Expected one of {POOLINGS}. Received: {self.pooling!r}"
-            )
+        validate_pooling(self.pooling)
 
 
 @dataclasses.dataclass(frozen=True)
