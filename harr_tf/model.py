@@ -28,8 +28,9 @@ class HarrModel(keras.Model):
     """Trains `encoder` (pixels in [0, 255] → continuous codes h) with the HARR losses.
 
     Each batch is a dict of views `a`, `b`, `w`, each (batch, H, W, C), and `wta`,
-    the stored WTA codes (batch, P) of the un-augmented images. The three views go
-    through the encoder as one concatenated batch.
+    the stored WTA codes (batch, P) of the un-augmented images. The views go through
+    the encoder as one concatenated batch; A and B only when L_bcr or instance
+    guidance needs them (`uses_pair_views`).
 
     Args:
         encoder: a model whose "backbone" sub-model is scaled by
@@ -75,10 +76,10 @@ class HarrModel(keras.Model):
         self.off_diagonal_weight = off_diagonal_weight
         self.include_self = include_self
         self.backbone_lr_multiplier = backbone_lr_multiplier
-        self.trackers = {
-            name: keras.metrics.Mean(name=name)
-            for name in ("loss", "similarity_loss", "bcr_loss", "quantization_loss")
-        }
+        names = ["loss", "similarity_loss", "quantization_loss"]
+        if self.uses_pair_views:
+            names.insert(2, "bcr_loss")
+        self.trackers = {name: keras.metrics.Mean(name=name) for name in names}
         self.build()
 
     def build(self, input_shape: Any = None) -> None:
@@ -86,6 +87,12 @@ class HarrModel(keras.Model):
         # nothing waits for data, which `fit` under a distribution strategy expects.
         self.similarity.build((None, None))
         self.built = True
+
+    @property
+    def uses_pair_views(self) -> bool:
+        """Whether views A and B are encoded: only L_bcr and instance guidance read them,
+        so without both a step encodes view W alone, a third of the work."""
+        return self.bcr_weight != 0 or self.guidance == "instance"
 
     @property
     def metrics(self) -> list:
@@ -100,8 +107,11 @@ class HarrModel(keras.Model):
 
     def compute_losses(self, batch: dict, training: bool) -> dict:
         """The three losses and their weighted total for one batch of views."""
-        views = ops.concatenate([batch["a"], batch["b"], batch["w"]], axis=0)
-        h_a, h_b, h_w = ops.split(self.encoder(views, training=training), 3, axis=0)
+        names = ("w", "a", "b") if self.uses_pair_views else ("w",)
+        views = ops.concatenate([batch[name] for name in names], axis=0)
+        outputs = ops.split(self.encoder(views, training=training), len(names), axis=0)
+        codes = dict(zip(names, outputs, strict=True))
+        h_w = codes["w"]
         if self.guidance == "wta":
             targets = self.similarity(batch["wta"])
             similarity_loss = wta_contrastive_loss(
@@ -113,19 +123,23 @@ class HarrModel(keras.Model):
                 include_self=self.include_self,
             )
         else:
-            similarity_loss = instance_contrastive_loss(h_w, h_a, temperature=self.temperature)
+            similarity_loss = instance_contrastive_loss(
+                h_w, codes["a"], temperature=self.temperature
+            )
         losses = {
             "similarity_loss": similarity_loss,
-            "bcr_loss": bit_correlation_loss(
-                h_a, h_b, off_diagonal_weight=self.off_diagonal_weight
-            ),
             "quantization_loss": quantization_loss(h_w),
         }
-        losses["loss"] = (
-            self.similarity_weight * losses["similarity_loss"]
-            + self.bcr_weight * losses["bcr_loss"]
+        total = (
+            self.similarity_weight * similarity_loss
             + self.quantization_weight * losses["quantization_loss"]
         )
+        if self.uses_pair_views:
+            losses["bcr_loss"] = bit_correlation_loss(
+                codes["a"], codes["b"], off_diagonal_weight=self.off_diagonal_weight
+            )
+            total = total + self.bcr_weight * losses["bcr_loss"]
+        losses["loss"] = total
         return losses
 
     def train_step(self, batch: dict) -> dict:

@@ -70,6 +70,27 @@ def test_fit_lowers_the_loss_and_reports_every_tracker():
     assert history["loss"][-1] < history["loss"][0]
 
 
+def test_without_bcr_a_step_encodes_view_w_alone():
+    encoder = build_encoder(SHAPE, 8, ModelConfig(width=4))
+    similarity = WTASimilarity(tau=0.5, s_max=0.9, s_min=0.1, window=4)
+    model = HarrModel(encoder, similarity, bcr_weight=0.0, quantization_weight=0.3)
+    model.compile(optimizer=tf.keras.optimizers.SGD(0.05))
+    batch = make_batch(size=16)
+    # Were views A and B encoded, their NaNs would reach the batch-norm statistics.
+    batch["a"][:] = np.nan
+    batch["b"][:] = np.nan
+    losses = model.compute_losses(batch, training=True)
+    h_w = model.encoder(batch["w"], training=True)
+    targets = model.similarity(batch["wta"])
+    expected = wta_contrastive_loss(
+        h_w, targets["positive"], targets["positive_weight"], targets["negative_weight"]
+    ) + 0.3 * quantization_loss(h_w)
+    np.testing.assert_allclose(losses["loss"], expected, rtol=1e-4, atol=1e-5)
+    history = model.fit(tf.data.Dataset.from_tensors(batch).repeat(), steps_per_epoch=2, verbose=0)
+    assert set(history.history) == {"loss", "similarity_loss", "quantization_loss"}
+    assert np.isfinite(history.history["loss"]).all()
+
+
 def test_backbone_multiplier_scales_only_backbone_updates():
     batch = make_batch()
     moves = {}
