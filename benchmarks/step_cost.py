@@ -4,8 +4,9 @@
 
 Same encoder, same batch: the bare step runs views A and B through the encoder
 and back-propagates a trivial loss; the HARR step runs A, B and W, builds the
-WTA pair targets and computes the three losses. Timed alternately, so machine
-noise hits both alike; the ratio is the number to read.
+WTA pair targets and computes the three losses; without L_bcr (η₁ = 0) it runs
+view W alone. Timed in turn, so machine noise hits all alike; the ratios are the
+numbers to read.
 """
 
 from __future__ import annotations
@@ -36,16 +37,15 @@ def main() -> None:
     pixels = (args.batch_size, *shape)
     batch = {k: tf.constant(rng.uniform(0, 255, pixels), tf.float32) for k in "abw"}
     batch["wta"] = tf.constant(rng.integers(0, 8, (args.batch_size, 512)), tf.uint8)
-    model = HarrModel(
-        build_encoder(shape, args.bits, ModelConfig(width=args.width)),
-        WTASimilarity(tau=0.3, s_max=0.9, s_min=0.0, window=8),
-    )
-    model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9))
-    encoder, optimizer = model.encoder, model.optimizer
-
-    @tf.function
-    def harr_step():
-        return model.train_step(batch)
+    encoder = build_encoder(shape, args.bits, ModelConfig(width=args.width))
+    models = {}
+    for bcr_weight in (1.0, 0.0):
+        model = HarrModel(
+            encoder, WTASimilarity(tau=0.3, s_max=0.9, s_min=0.0, window=8), bcr_weight=bcr_weight
+        )
+        model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9))
+        models[bcr_weight] = model
+    optimizer = models[1.0].optimizer
 
     @tf.function
     def bare_step():
@@ -56,12 +56,17 @@ def main() -> None:
         optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables, strict=True))
         return loss
 
-    for step in (harr_step, bare_step):  # trace and warm up
+    steps = {
+        "bare two-view step": bare_step,
+        "HARR step": tf.function(lambda: models[1.0].train_step(batch)),
+        "HARR without L_bcr": tf.function(lambda: models[0.0].train_step(batch)),
+    }
+    for step in steps.values():  # trace and warm up
         step()
         step()
-    times = {"bare two-view step": [], "HARR step": []}
+    times = {name: [] for name in steps}
     for _ in range(args.steps):
-        for name, step in (("bare two-view step", bare_step), ("HARR step", harr_step)):
+        for name, step in steps.items():
             start = time.perf_counter()
             step()
             times[name].append(time.perf_counter() - start)
