@@ -20,7 +20,7 @@ import faiss
 import numpy as np
 
 from harr_tf.data.splits import ProtocolSplit
-from harr_tf.retrieval import average_precision, mean_average_precision
+from harr_tf.retrieval import average_precision, mean_average_precision, relevance
 
 METHODS = ("lsh", "pcah", "itq")
 
@@ -102,9 +102,6 @@ def exact_map(
         # ‖q − x‖² up to the query's own norm, which does not change its ranking.
         distances = squared_norms - 2.0 * queries @ database.T
         ranking = np.argsort(distances, axis=1, kind="stable")[:, :depth]
-        if database_labels.ndim == 1:
-            relevance = labels[rows][:, None] == database_labels[ranking]
-        else:
-            relevance = (labels[rows][:, None, :] * database_labels[ranking]).sum(axis=2) > 0
-        total += average_precision(relevance).sum()
+        relevant = relevance(labels[rows], database_labels)
+        total += average_precision(np.take_along_axis(relevant, ranking, axis=1)).sum()
     return float(total / len(split.query))

@@ -107,6 +107,14 @@ def hamming_distances(query_codes: np.ndarray, database_codes: np.ndarray) -> np
     return _distances(*_check_inputs(query_codes, database_codes))
 
 
+def relevance(query_labels: np.ndarray, database_labels: np.ndarray) -> np.ndarray:
+    """(q, n) bool: database item j is relevant to query i — the same class id, or for
+    multi-hot labels at least one shared label."""
+    if database_labels.ndim == 1:
+        return query_labels[:, None] == database_labels
+    return query_labels @ database_labels.T > 0
+
+
 def average_precision(ranked: np.ndarray) -> np.ndarray:
     """AP (c,) of ranked relevance (c, K): (1/R) Σ_k P(k)·rel(k), 0 when R = 0."""
     hits = np.cumsum(ranked, axis=1)
@@ -152,21 +160,18 @@ def _mean_metrics(
     precision, recall = np.zeros(bits + 1), np.zeros(bits + 1)
     for start in range(0, count, chunk_size):
         distances = _distances(queries[start : start + chunk_size], database)
-        if database_labels.ndim == 1:
-            relevance = query_labels[start : start + chunk_size, None] == database_labels
-        else:
-            relevance = query_labels[start : start + chunk_size] @ database_labels.T > 0
+        relevant = relevance(query_labels[start : start + chunk_size], database_labels)
         if depth:
             keys = distances.astype(key_type) * key_type(size) + index
             if depth < size:
                 keys = np.partition(keys, depth - 1, axis=1)[:, :depth]
             keys.sort(axis=1)
-            ranked = np.take_along_axis(relevance, keys % size, axis=1)  # (c, depth)
+            ranked = np.take_along_axis(relevant, keys % size, axis=1)  # (c, depth)
             ap += average_precision(ranked[:, :top_k]).sum() if top_k else 0.0
             if cutoffs:
                 at_n += np.cumsum(ranked, axis=1)[:, np.array(cutoffs) - 1].sum(axis=0) / cutoffs
         if curves:
-            chunk_precision, chunk_recall = _radius_rates(distances, relevance, bits)
+            chunk_precision, chunk_recall = _radius_rates(distances, relevant, bits)
             precision += chunk_precision.sum(axis=0)
             recall += chunk_recall.sum(axis=0)
     return {
