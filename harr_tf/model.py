@@ -27,10 +27,10 @@ from harr_tf.wta import WTASimilarity
 class HarrModel(keras.Model):
     """Trains `encoder` (pixels in [0, 255] → continuous codes h) with the HARR losses.
 
-    Each batch is a dict of views `a`, `b`, `w`, each (batch, H, W, C), and `wta`,
-    the stored WTA codes (batch, P) of the un-augmented images. The views go through
-    the encoder as one concatenated batch; A and B only when L_bcr or instance
-    guidance needs them (`uses_pair_views`).
+    Each batch is a dict of the views in `views` (`w`, and `a`, `b` when L_bcr or
+    instance guidance needs them), each (batch, H, W, C), and `wta`, the stored WTA
+    codes (batch, P) of the un-augmented images. The views go through the encoder as
+    one concatenated batch.
 
     Args:
         encoder: a model whose "backbone" sub-model is scaled by
@@ -95,6 +95,11 @@ class HarrModel(keras.Model):
         return self.bcr_weight != 0 or self.guidance == "instance"
 
     @property
+    def views(self) -> tuple[str, ...]:
+        """The views a batch must hold, W first."""
+        return ("w", "a", "b") if self.uses_pair_views else ("w",)
+
+    @property
     def metrics(self) -> list:
         return list(self.trackers.values())
 
@@ -107,10 +112,9 @@ class HarrModel(keras.Model):
 
     def compute_losses(self, batch: dict, training: bool) -> dict:
         """The three losses and their weighted total for one batch of views."""
-        names = ("w", "a", "b") if self.uses_pair_views else ("w",)
-        views = ops.concatenate([batch[name] for name in names], axis=0)
-        outputs = ops.split(self.encoder(views, training=training), len(names), axis=0)
-        codes = dict(zip(names, outputs, strict=True))
+        views = ops.concatenate([batch[name] for name in self.views], axis=0)
+        outputs = ops.split(self.encoder(views, training=training), len(self.views), axis=0)
+        codes = dict(zip(self.views, outputs, strict=True))
         h_w = codes["w"]
         if self.guidance == "wta":
             targets = self.similarity(batch["wta"])

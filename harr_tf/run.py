@@ -152,16 +152,23 @@ def steps_per_epoch(config: TrainConfig, wta: WTAStructure) -> int:
 
 
 def training_stream(
-    config: TrainConfig, data: RunData, wta: WTAStructure, start_epoch: int = 0
+    config: TrainConfig,
+    data: RunData,
+    wta: WTAStructure,
+    views: tuple[str, ...],
+    start_epoch: int = 0,
 ) -> tuple[tf.data.Dataset, tf.Variable]:
-    """Endless batches of the three views of the training images with their WTA codes
-    (`"wta"`, read from the returned variable, which `WTARefresh` may reassign),
+    """Endless batches of `views` (the model's) of the training images with their WTA
+    codes (`"wta"`, read from the returned variable, which `WTARefresh` may reassign),
     starting after `start_epoch` epochs."""
     images = data.dataset.images[data.split.train]
+    augmenter = ViewAugmenter(
+        data.dataset.image_shape, config.augment, seed=config.seed + start_epoch, views=views
+    )
     stream = training_dataset(
         images,
         np.arange(len(images)),
-        ViewAugmenter(data.dataset.image_shape, config.augment, seed=config.seed + start_epoch),
+        augmenter,
         config.batch_size,
         seed=config.seed,
         start_step=start_epoch * steps_per_epoch(config, wta),
@@ -185,7 +192,7 @@ def train_code_length(
         model = new_model(config, bits, image_shape, wta)
     steps = steps_per_epoch(config, wta)
     images = data.dataset.images[data.split.train]
-    stream, codes = training_stream(config, data, wta, start_epoch=done)
+    stream, codes = training_stream(config, data, wta, model.views, start_epoch=done)
     refresh = None
     if config.wta.refresh_every:
         refresh = WTARefresh(images, codes, config.wta, config.seed, config.wta.refresh_every)

@@ -63,6 +63,23 @@ def test_same_seed_same_views_other_seed_other_views(shape):
     assert not np.allclose(first[0]["a"], other[0]["a"])
 
 
+def test_view_w_alone_is_the_same_view_w_with_nothing_else():
+    pixels = images((12, 12, 3))
+    augmenter = ViewAugmenter(pixels.shape[1:], seed=4, views=("w",))
+    alone = take(training_dataset(pixels, np.arange(40), augmenter, 8, seed=4), 3)
+    for single, full in zip(alone, stream(pixels, seed=4), strict=True):
+        assert set(single) == {"w", "index"}
+        np.testing.assert_array_equal(single["index"], full["index"])
+        np.testing.assert_array_equal(single["w"], full["w"])
+
+
+def test_unknown_views_are_rejected():
+    with pytest.raises(ValueError, match="subset of \\('a', 'b', 'w'\\). Received: \\('x',\\)"):
+        ViewAugmenter((12, 12, 1), views=("x",))
+    with pytest.raises(ValueError, match="non-empty"):
+        ViewAugmenter((12, 12, 1), views=())
+
+
 def test_weak_view_is_the_indexed_image_under_neutral_config():
     pixels = images((12, 12, 3))
     for batch in stream(pixels, seed=1, config=NEUTRAL):

@@ -89,7 +89,7 @@ class HarrHyperModel(keras_tuner.HyperModel):
         """
         config = self.trial_config(hp)
         wta = self.wta_structure(config)
-        stream, _ = training_stream(config, self.data, wta, start_epoch=initial_epoch)
+        stream, _ = training_stream(config, self.data, wta, model.views, start_epoch=initial_epoch)
         guard = StopOnNonFiniteLoss()
         validation = validation_callback(self.data, config)
         history = model.fit(

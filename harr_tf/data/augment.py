@@ -12,7 +12,8 @@ with a parallel `tf.data` map:
    seeded at construction (their seed generators advance in batch order).
 
 Colour operations are skipped on grayscale data; crop areas and blur are scaled to
-the image size.
+the image size. Only the views the model reads are made (`views`): without L_bcr a
+step needs view W alone.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ import dataclasses
 
 import keras
 import tensorflow as tf
+
+VIEWS = ("a", "b", "w")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,6 +106,8 @@ class ViewAugmenter:
         image_shape: `(height, width, channels)` of the images.
         config: augmentation strengths. Defaults to `AugmentConfig()`.
         seed: run seed; the same seed gives the same views. Defaults to 0.
+        views: which of `"a"`, `"b"`, `"w"` to make. A view's pixels do not depend
+            on which others are made. Defaults to all three.
     """
 
     def __init__(
@@ -110,7 +115,11 @@ class ViewAugmenter:
         image_shape: tuple[int, int, int],
         config: AugmentConfig | None = None,
         seed: int = 0,
+        views: tuple[str, ...] = VIEWS,
     ) -> None:
+        if not views or not set(views) <= set(VIEWS):
+            raise ValueError(f"`views` must be a non-empty subset of {VIEWS}. Received: {views}")
+        self.views = tuple(name for name in VIEWS if name in views)
         self.image_shape = tuple(int(d) for d in image_shape)
         self.config = config or AugmentConfig()
         self.seed = int(seed)
@@ -152,7 +161,7 @@ class ViewAugmenter:
         )
 
     def crop_views(self, image: tf.Tensor, position: tf.Tensor) -> dict[str, tf.Tensor]:
-        """Stage 1, per image: three crops (+ flips) and the coins of view A.
+        """Stage 1, per image: the views' crops (+ flips) and the coins of view A.
 
         `image` is (H, W, C) uint8 or float; `position` the element's index in the
         stream (int64), which with the run seed fixes every random choice.
@@ -162,33 +171,38 @@ class ViewAugmenter:
             tf.stack([tf.constant(self.seed, tf.int64), tf.cast(position, tf.int64)]), num=7
         )
         cfg = self.config
+        scales = {"a": self.strong_scale, "b": self.strong_scale, "w": self.weak_scale}
         views = {}
-        for i, (name, scale) in enumerate(
-            (("a", self.strong_scale), ("b", self.strong_scale), ("w", self.weak_scale))
-        ):
-            view = random_resized_crop(image, seeds[2 * i], scale, cfg.aspect_ratio)
+        for name in self.views:
+            i = VIEWS.index(name)  # each view keeps its own seeds
+            view = random_resized_crop(image, seeds[2 * i], scales[name], cfg.aspect_ratio)
             if cfg.flip:
                 view = tf.image.stateless_random_flip_left_right(view, seeds[2 * i + 1])
             views[name] = tf.ensure_shape(view, self.image_shape)
-        coins = tf.random.stateless_uniform((2,), seeds[6])
-        views["jitter"] = coins[0] < cfg.color_jitter_probability
-        views["blur"] = coins[1] < cfg.blur_probability
+        if "a" in self.views:
+            coins = tf.random.stateless_uniform((2,), seeds[6])
+            views["jitter"] = coins[0] < cfg.color_jitter_probability
+            views["blur"] = coins[1] < cfg.blur_probability
         return views
 
     def finish_batch(self, batch: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         """Stage 2, per batch (sequential): Keras layers for colour, blur and RandAugment.
 
-        Returns views `a`, `b`, `w` as (batch, H, W, C) float32 in [0, 255].
+        Returns the views (`a`, `b`, `w` by default) as (batch, H, W, C) float32 in
+        [0, 255].
         """
-        view_a = batch["a"]
-        if self.is_color:
-            jittered = self.color_jitter(view_a, training=True)
-            view_a = tf.where(batch["jitter"][:, None, None, None], jittered, view_a)
-            view_a = self.grayscale(view_a, training=True)
-        blurred = self.blur(view_a, training=True)
-        view_a = tf.where(batch["blur"][:, None, None, None], blurred, view_a)
-        view_b = self.randaugment(batch["b"], training=True)
-        return {"a": _to_pixels(view_a), "b": _to_pixels(view_b), "w": _to_pixels(batch["w"])}
+        views = {name: batch[name] for name in self.views}
+        if "a" in views:
+            view_a = views["a"]
+            if self.is_color:
+                jittered = self.color_jitter(view_a, training=True)
+                view_a = tf.where(batch["jitter"][:, None, None, None], jittered, view_a)
+                view_a = self.grayscale(view_a, training=True)
+            blurred = self.blur(view_a, training=True)
+            views["a"] = tf.where(batch["blur"][:, None, None, None], blurred, view_a)
+        if "b" in views:
+            views["b"] = self.randaugment(views["b"], training=True)
+        return {name: _to_pixels(view) for name, view in views.items()}
 
 
 def _to_pixels(images: tf.Tensor) -> tf.Tensor:

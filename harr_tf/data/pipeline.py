@@ -19,7 +19,8 @@ def training_dataset(
     seed: int = 0,
     start_step: int = 0,
 ) -> tf.data.Dataset:
-    """Endless batches of `{"a", "b", "w": (batch, H, W, C) float32, "index": (batch,) int64}`.
+    """Endless batches of `{view: (batch, H, W, C) float32, "index": (batch,) int64}` for
+    each of the augmenter's views (`"a"`, `"b"`, `"w"` by default).
 
     `index` is each image's index into `images`, so the caller can look up per-image
     data (the stored WTA codes). Reshuffled every pass and fully determined by
