@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from harr_tf.data.augment import AugmentConfig, ViewAugmenter, scaled_crop_scale
+from harr_tf.data.augment import VIEWS, AugmentConfig, ViewAugmenter, scaled_crop_scale
 from harr_tf.data.pipeline import inference_dataset, training_dataset
 
 # Crops covering the whole image, no flip, no blur: view W is then the image itself.
@@ -24,8 +24,8 @@ def take(dataset, batches):
     return [{k: v.numpy() for k, v in batch.items()} for batch in dataset.take(batches)]
 
 
-def stream(pixels, seed, config=None, batch_size=8, start_step=0, batches=3):
-    augmenter = ViewAugmenter(pixels.shape[1:], config, seed=seed)
+def stream(pixels, seed, config=None, batch_size=8, start_step=0, batches=3, views=VIEWS):
+    augmenter = ViewAugmenter(pixels.shape[1:], config, seed=seed, views=views)
     indices = np.arange(len(pixels))
     dataset = training_dataset(
         pixels, indices, augmenter, batch_size, seed=seed, start_step=start_step
@@ -65,8 +65,7 @@ def test_same_seed_same_views_other_seed_other_views(shape):
 
 def test_view_w_alone_is_the_same_view_w_with_nothing_else():
     pixels = images((12, 12, 3))
-    augmenter = ViewAugmenter(pixels.shape[1:], seed=4, views=("w",))
-    alone = take(training_dataset(pixels, np.arange(40), augmenter, 8, seed=4), 3)
+    alone = stream(pixels, seed=4, views=("w",))
     for single, full in zip(alone, stream(pixels, seed=4), strict=True):
         assert set(single) == {"w", "index"}
         np.testing.assert_array_equal(single["index"], full["index"])
