@@ -6,7 +6,11 @@ and the same evaluation code (`harr_tf.retrieval`).
 - LSH: random orthogonal projection of the centred features (Charikar, STOC 2002).
 - PCAH: the top-`bits` principal directions (Wang et al., CVPR 2010).
 - ITQ: PCA followed by the rotation that minimises quantisation error
-  (Gong & Lazebnik, CVPR 2011, https://doi.org/10.1109/CVPR.2011.5995432).
+  (Gong & Lazebnik, CVPR 2011, https://doi.org/10.1109/CVPR.2011.5995432): 50
+  alternations of B = sign(VR) and the orthogonal Procrustes update of R. FAISS's
+  `ITQMatrix` stops far from that optimum (Fashion-MNIST pixels, 5,000 training images,
+  64 bits: ‖B − VR‖² 98,300 against 70,600; mAP@1000 0.673 against 0.718), so the
+  rotation is the textbook iteration in NumPy, on FAISS's PCA.
 
 `exact_map` is the yardstick that codes are measured against: the uncompressed features
 ranked by Euclidean distance (DESIGN's "exact L2 on pixels").
@@ -50,11 +54,25 @@ def train_hasher(
     pca.train(features)
     if method == "pcah":
         return lambda x: pca.apply(np.ascontiguousarray(x, dtype=np.float32))
-    # Textbook ITQ rotates the PCA projection itself. (FAISS's ITQTransform also
-    # L2-normalises the centred inputs, which is not part of the method.)
-    rotation = faiss.ITQMatrix(bits)
-    rotation.train(pca.apply(features))
-    return lambda x: rotation.apply(pca.apply(np.ascontiguousarray(x, dtype=np.float32)))
+    rotation = itq_rotation(pca.apply(features), seed=seed).astype(np.float32)
+    return lambda x: pca.apply(np.ascontiguousarray(x, dtype=np.float32)) @ rotation
+
+
+def itq_rotation(projected: np.ndarray, iterations: int = 50, seed: int = 0) -> np.ndarray:
+    """ITQ's rotation R (bits, bits) of PCA-projected training features (n, bits).
+
+    From a seeded random orthogonal R, alternates B = sign(VR) and the R minimising
+    ‖B − VR‖² for that B (orthogonal Procrustes: R = U Wᵀ from the SVD U Σ Wᵀ of VᵀB),
+    as Gong & Lazebnik's Algorithm 1; each step can only lower the quantisation error.
+    """
+    projected = np.asarray(projected, dtype=np.float64)
+    bits = projected.shape[1]
+    rotation, _ = np.linalg.qr(np.random.default_rng(seed).normal(size=(bits, bits)))
+    for _ in range(iterations):
+        codes = np.where(projected @ rotation >= 0, 1.0, -1.0)
+        left, _, right = np.linalg.svd(projected.T @ codes)
+        rotation = left @ right
+    return rotation
 
 
 def hash_codes(project: Callable[[np.ndarray], np.ndarray], features: np.ndarray) -> np.ndarray:

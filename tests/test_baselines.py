@@ -4,7 +4,13 @@ import numpy as np
 import pytest
 from conftest import require_fashion_mnist
 
-from harr_tf.baselines import evaluate_baseline, exact_map, hash_codes, train_hasher
+from harr_tf.baselines import (
+    evaluate_baseline,
+    exact_map,
+    hash_codes,
+    itq_rotation,
+    train_hasher,
+)
 from harr_tf.data.splits import ProtocolSplit
 from harr_tf.features import pixel_features
 
@@ -69,17 +75,70 @@ def test_bad_method_and_bits_are_rejected():
         train_hasher("itq", features, 5)
 
 
-def test_itq_64_bits_on_real_fashion_mnist_matches_the_literature():
+def reference_itq_codes(projected, seed, iterations=50):
+    """Gong & Lazebnik's Algorithm 1 with SciPy's orthogonal Procrustes solver for R
+    (argmin over orthogonal R of ‖VR − B‖), an implementation independent of ours from
+    the same seeded random rotation (ITQ finds a local optimum: other starting rotations
+    end up to ~2 % apart)."""
+    from scipy.linalg import orthogonal_procrustes
+
+    bits = projected.shape[1]
+    rotation, _ = np.linalg.qr(np.random.default_rng(seed).normal(size=(bits, bits)))
+    for _ in range(iterations):
+        codes = np.where(projected @ rotation >= 0, 1.0, -1.0)
+        rotation, _ = orthogonal_procrustes(projected, codes)
+    return rotation
+
+
+def quantisation_error(projected, rotation):
+    rotated = projected @ rotation
+    return float(np.sum((np.where(rotated >= 0, 1.0, -1.0) - rotated) ** 2))
+
+
+def test_itq_rotation_converges_like_the_reference_algorithm():
+    projected = numpy_pca_projection(anisotropic_features(count=2000, dim=16), 8)
+    ours = itq_rotation(projected, seed=3)
+    np.testing.assert_allclose(ours @ ours.T, np.eye(8), atol=1e-10)
+    reference = quantisation_error(projected, reference_itq_codes(projected, seed=3))
+    start = quantisation_error(projected, np.eye(8))
+    assert quantisation_error(projected, ours) <= 1.01 * reference < start
+    # Each alternation can only lower the error: more iterations never hurt.
+    errors = [quantisation_error(projected, itq_rotation(projected, n, seed=3)) for n in (1, 5, 50)]
+    assert errors[0] >= errors[1] >= errors[2]
+
+
+def test_itq_on_real_fashion_mnist_matches_the_reference_algorithm():
     from harr_tf.data import load_dataset, make_split
+    from harr_tf.retrieval import mean_average_precision
 
     dataset = load_dataset("fashion_mnist", data_dir=require_fashion_mnist())
     split = make_split(dataset.labels, dataset.num_items, "standard", seed=0)
     features = pixel_features(dataset.images)
-    value = evaluate_baseline("itq", features, dataset.labels, split, 64, top_k=1000)
-    # DESIGN §3: ITQ on Fashion-MNIST pixels, 1,000 queries vs 69,000, mAP@1000 ≈ 0.649.
-    # Measured here: 0.673 at seed 0, 0.671 ± 0.009 over split seeds 0-7 (the query
-    # set moves every method together by about ±0.015), so the band is ±0.03.
-    assert abs(value - 0.649) <= 0.03
+    bits = 64
+    value = evaluate_baseline("itq", features, dataset.labels, split, bits, top_k=1000)
+
+    # The reference on the same PCA projection: quantisation error on the training
+    # features and mAP@1000 of its codes. (Measured: 70,600 for both; FAISS's
+    # ITQMatrix stopped at 98,300, and mAP 0.673 against 0.718.)
+    pca = train_hasher("pcah", features[split.train], bits)
+    train_projected = pca(features[split.train]).astype(np.float64)
+    reference = reference_itq_codes(train_projected, seed=0)
+    ours = itq_rotation(train_projected, seed=0)
+    assert quantisation_error(train_projected, ours) <= 1.01 * quantisation_error(
+        train_projected, reference
+    )
+
+    def codes(rows):
+        return np.where(pca(features[rows]) @ reference >= 0, 1, -1).astype(np.int8)
+
+    expected = mean_average_precision(
+        codes(split.query),
+        codes(split.database),
+        dataset.labels[split.query],
+        dataset.labels[split.database],
+        top_k=1000,
+    )
+    assert abs(value - expected) <= 0.01
 
 
 def test_exact_map_ranks_by_euclidean_distance_ties_by_index():
