@@ -293,3 +293,67 @@ def evaluate(
             "recall": metrics["recall"].tolist(),
         },
     }
+
+
+def _ordered_keys(scores: np.ndarray) -> np.ndarray:
+    """int64 keys (c, n) whose ascending order is descending `scores`, then ascending index.
+
+    A float32's bits, read as int32 and with the negative ones' magnitude bits flipped,
+    order as the floats do; the index fills the low 32 bits, so keys are unique and a
+    partition of them is exact, as with the Hamming keys of `_mean_metrics`.
+    """
+    negated = np.negative(scores.astype(np.float32)) + np.float32(0)  # -0.0 becomes 0.0
+    bits = negated.view(np.int32)
+    ordered = np.where(bits < 0, bits ^ np.int32(0x7FFFFFFF), bits).astype(np.int64)
+    return (ordered << 32) | np.arange(scores.shape[1], dtype=np.int64)
+
+
+def asymmetric_mean_average_precision(
+    query_continuous: np.ndarray,
+    database_codes: np.ndarray,
+    query_labels: np.ndarray,
+    database_labels: np.ndarray,
+    top_k: int | None = 1000,
+    *,
+    chunk_size: int | None = None,
+) -> float:
+    """mAP@top_k of the asymmetric ranking: real-valued queries against binary items.
+
+    The database is ranked by the inner product ⟨h_q, b_x⟩ of the query's continuous
+    code h (the network's tanh output, before `sign`) with each item's ±1 code, largest
+    first, ties broken by database index as the Hamming ranking's are. Only the query
+    stays real-valued, so the database is stored and searched as binary codes.
+
+    Args:
+        query_continuous: (nq, bits) float continuous codes of the queries.
+        database_codes: (ndb, bits) ±1 codes of the database.
+        query_labels: (nq,) class ids or (nq, C) multi-hot; database_labels likewise.
+        top_k: ranking depth K, as in `mean_average_precision`. Defaults to 1000.
+        chunk_size: queries per chunk. Defaults to a size that keeps a chunk near 64 MB.
+    """
+    queries = np.asarray(query_continuous, dtype=np.float32)
+    if queries.ndim != 2 or not np.all(np.isfinite(queries)):
+        raise ValueError(
+            "`query_continuous` must be finite real codes of shape (nq, bits). "
+            f"Received: shape={queries.shape}"
+        )
+    signs = np.where(queries >= 0, 1, -1).astype(np.int8)  # only for the shape and label checks
+    _, database, query_labels, database_labels = _check_inputs(
+        signs, database_codes, query_labels, database_labels
+    )
+    size = len(database)
+    top_k = _check_top_k(top_k, size)
+    if chunk_size is None:
+        chunk_size = max(1, _CHUNK_BYTES // (_BYTES_PER_PAIR * size))
+    elif chunk_size < 1:
+        raise ValueError(f"`chunk_size` must be a positive integer. Received: {chunk_size}")
+    ap = 0.0
+    for start in range(0, len(queries), chunk_size):
+        keys = _ordered_keys(queries[start : start + chunk_size] @ database.T)
+        if top_k < size:
+            keys = np.partition(keys, top_k - 1, axis=1)[:, :top_k]
+        keys.sort(axis=1)
+        relevant = relevance(query_labels[start : start + chunk_size], database_labels)
+        ranked = np.take_along_axis(relevant, keys & np.int64(0xFFFFFFFF), axis=1)
+        ap += average_precision(ranked).sum()
+    return float(ap / len(queries))

@@ -250,3 +250,71 @@ def test_invalid_inputs(kwargs, message):
 def test_invalid_radius():
     with pytest.raises(ValueError, match="`radius` must be a non-negative integer"):
         retrieval.precision_at_radius(CODES, CODES, LABELS, LABELS, radius=-1)
+
+
+def test_asymmetric_map_hand_worked():
+    # h = [0.5, 0.25, 1, -0.5] against the six items of DATABASE:
+    #   item  ⟨h, b⟩                          label  relevant
+    #   0     -0.5 - 0.25 + 1 - 0.5 = -0.25     0       1
+    #   1      0.5 + 0.25 + 1 + 0.5 =  2.25     1       0
+    #   2      0.5 + 0.25 + 1 - 0.5 =  1.25     0       1
+    #   3     -0.5 + 0.25 + 1 - 0.5 =  0.25     0       1
+    #   4      0.5 - 0.25 - 1 - 0.5 = -1.25     2       0
+    #   5     -0.5 - 0.25 - 1 + 0.5 = -1.25     0       1
+    # Ranking by (-score, index): 1, 2, 3, 0, 4, 5 → relevance 0, 1, 1, 1, 0, 1; items
+    # 4 and 5 tie, the lower index first. AP = (1/2 + 2/3 + 3/4 + 4/6) / 4 = 31/48.
+    h = np.array([[0.5, 0.25, 1.0, -0.5]])
+    ap = retrieval.asymmetric_mean_average_precision(h, DATABASE, [0], DATABASE_LABELS, None)
+    assert ap == pytest.approx(31 / 48)
+    # Top 3 = 0, 1, 1: AP = (1/2 + 2/3) / 2 = 7/12. The Hamming ranking's is 5/6.
+    ap = retrieval.asymmetric_mean_average_precision(h, DATABASE, [0], DATABASE_LABELS, 3)
+    assert ap == pytest.approx(7 / 12)
+
+
+def numpy_asymmetric_map(continuous, database, query_labels, database_labels, top_k):
+    """The asymmetric ranking written plainly: float64 scores, lexsort by (-score, index)."""
+    aps = []
+    for i, query in enumerate(continuous.astype(np.float64)):
+        scores = database.astype(np.float64) @ query
+        order = np.lexsort((np.arange(len(database)), -scores))[:top_k]
+        if query_labels.ndim == 1:
+            ranked = database_labels[order] == query_labels[i]
+        else:
+            ranked = (database_labels[order] & query_labels[i]).any(axis=1)
+        hits = np.cumsum(ranked)
+        precision = hits / np.arange(1, len(ranked) + 1)
+        aps.append((precision * ranked).sum() / hits[-1] if hits[-1] else 0.0)
+    return np.mean(aps)
+
+
+@pytest.mark.parametrize("multi_label", [False, True])
+@pytest.mark.parametrize("top_k", [10, 150])
+def test_asymmetric_map_against_numpy(multi_label, top_k):
+    # Continuous codes in multiples of 1/4: float32 sums are exact and many scores tie,
+    # so the test sees the tie order; the sign of h alone would rank otherwise.
+    _, database, query_labels, database_labels = random_case(3, multi_label)
+    rng = np.random.default_rng(4)
+    continuous = rng.integers(-4, 5, size=(len(query_labels), database.shape[1])) / 4
+    expected = numpy_asymmetric_map(continuous, database, query_labels, database_labels, top_k)
+    got = retrieval.asymmetric_mean_average_precision(
+        continuous, database, query_labels, database_labels, top_k, chunk_size=5
+    )
+    assert got == pytest.approx(expected)
+
+
+def test_asymmetric_map_of_sign_codes_is_the_hamming_map():
+    # h = b: ⟨b_q, b_x⟩ = bits − 2·d, so both rankings (and their tie orders) agree.
+    queries, database, query_labels, database_labels = random_case(6, False)
+    args = (queries, database, query_labels, database_labels, 20)
+    hamming = retrieval.mean_average_precision(*args)
+    assert retrieval.asymmetric_mean_average_precision(*args) == pytest.approx(hamming)
+
+
+def test_asymmetric_map_rejects_bad_input():
+    h = np.array([[0.5, 0.25, 1.0, -0.5]])
+    with pytest.raises(ValueError, match="finite real codes"):
+        retrieval.asymmetric_mean_average_precision([[np.nan] * 4], DATABASE, [0], [0] * 6)
+    with pytest.raises(ValueError, match="same number of bits"):
+        retrieval.asymmetric_mean_average_precision(h[:, :3], DATABASE, [0], DATABASE_LABELS)
+    with pytest.raises(ValueError, match="only -1 and"):
+        retrieval.asymmetric_mean_average_precision(h, DATABASE * 2, [0], DATABASE_LABELS)
