@@ -2,10 +2,22 @@
 
 Codes are packed in numpy `packbits` order (DESIGN §2.5); FAISS compares them by the
 popcount of their XOR, so the bit order inside a byte does not change any distance.
-Two kinds: `flat` (`IndexBinaryFlat`, exact Hamming ranking) and `ivf`
-(`IndexBinaryIVF`, sub-linear: binary k-means cells, `nprobe` of them scanned per
-query). The index is one FAISS file (`faiss.read_index_binary` opens it as is); the
-ids and the kind go to `<index>.ids.json` beside it, and loading checks the two agree.
+Four kinds:
+
+- `flat` (`IndexBinaryFlat`): exact Hamming ranking, linear in the collection.
+- `ivf` (`IndexBinaryIVF`): binary k-means cells, `nprobe` of them scanned per query;
+  approximate.
+- `hnsw` (`IndexBinaryHNSW`): a graph of `neighbours` links per code, walked with a
+  beam of `ef_search`; approximate.
+- `multihash` (`IndexBinaryMultiHash`, multi-index hashing, Norouzi et al., CVPR 2012):
+  `nhash` hash tables over disjoint substrings, each probed with up to `nflip` bits
+  flipped. By the pigeonhole principle every code within `exact_radius` =
+  nhash·(nflip+1) − 1 of the query is found, so results up to that radius are exact;
+  farther neighbours may be missing (padded with position -1).
+
+The index is one FAISS file (`faiss.read_index_binary` opens it as is); the ids and the
+kind go to `<index>.ids.json` beside it, and loading checks the two agree. Positions are
+always 0..n-1 in the order of `ids`: `add` appends, `remove` rebuilds from the kept codes.
 """
 
 from __future__ import annotations
@@ -19,9 +31,16 @@ import faiss
 import numpy as np
 from tqdm import tqdm
 
-from harr_tf.atomic import atomic_path, write_text_atomically
+from harr_tf.atomic import atomic_path
 
-INDEX_KINDS = ("flat", "ivf")
+INDEX_KINDS = ("flat", "ivf", "hnsw", "multihash")
+# The build options of each kind; the search-time option (the last) is saved with the index.
+KIND_OPTIONS = {
+    "flat": (),
+    "ivf": ("nlist", "nprobe"),
+    "hnsw": ("neighbours", "ef_search"),
+    "multihash": ("nhash", "nflip"),
+}
 _ADD_CHUNK = 65536
 # k-means wants at least 39 points per cell; more than 256 per cell buys little accuracy.
 _MIN_POINTS_PER_CELL = 39
@@ -36,6 +55,11 @@ def ids_path(index_path: str | Path) -> Path:
 def default_nlist(count: int) -> int:
     """About √n cells, but never fewer than 39 training points per cell."""
     return max(1, min(round(math.sqrt(count)), count // _MIN_POINTS_PER_CELL))
+
+
+def default_nhash(count: int, bits: int) -> int:
+    """Substrings of about log2(n) bits (at least 8), so a bucket holds about one code."""
+    return max(1, bits // max(8, round(math.log2(max(count, 2)))))
 
 
 class HammingIndex:
@@ -56,8 +80,7 @@ class HammingIndex:
     """
 
     def __init__(self, index: faiss.IndexBinary, ids: Sequence[str], kind: str) -> None:
-        if kind not in INDEX_KINDS:
-            raise ValueError(f"`kind` must be one of {INDEX_KINDS}. Received: kind={kind!r}")
+        _check_kind(kind)
         if index.ntotal != len(ids):
             raise ValueError(f"The index holds {index.ntotal} codes but {len(ids)} ids were given.")
         if kind == "flat":
@@ -74,77 +97,104 @@ class HammingIndex:
         ids: Sequence[str],
         kind: str = "flat",
         *,
-        nlist: int | None = None,
-        nprobe: int | None = None,
         seed: int = 0,
         progress: bool = False,
+        **options: int | None,
     ) -> HammingIndex:
         """Index `packed` (n, bits/8) uint8 codes under `ids`.
 
         Args:
-            kind: "flat" (exact) or "ivf" (sub-linear). Defaults to "flat".
-            nlist: for "ivf", the number of cells. Defaults to `default_nlist(n)`.
-            nprobe: for "ivf", cells scanned per query (saved with the index, changeable
-                per search). Defaults to nlist / 16.
+            kind: one of `INDEX_KINDS`. Defaults to "flat".
             seed: for "ivf", seeds the training sample. Defaults to 0.
             progress: show a progress bar while adding codes. Defaults to False.
+            **options: the kind's `KIND_OPTIONS`, each None for its default: ivf `nlist`
+                (`default_nlist(n)`) and `nprobe` (nlist / 16); hnsw `neighbours` (16)
+                and `ef_search` (64); multihash `nhash` (`default_nhash(n, bits)`) and
+                `nflip` (1).
         """
-        if kind not in INDEX_KINDS:
-            raise ValueError(f"`kind` must be one of {INDEX_KINDS}. Received: kind={kind!r}")
+        _check_kind(kind)
         packed = _check_packed(packed, "packed")
         if len(packed) != len(ids):
             raise ValueError(f"{len(packed)} codes but {len(ids)} ids: expected one id per code.")
         if len(packed) == 0:
             raise ValueError("Cannot build an index of zero codes.")
-        if kind != "ivf" and (nlist is not None or nprobe is not None):
-            raise ValueError(f"`nlist` and `nprobe` apply to kind='ivf' only. Received: {kind=}")
-        bits = packed.shape[1] * 8
+        _check_ids(ids)
+        for name, value in options.items():
+            owner = [other for other, names in KIND_OPTIONS.items() if name in names]
+            if not owner:
+                raise TypeError(f"Unknown index option {name!r}; expected one of {KIND_OPTIONS}")
+            if name not in KIND_OPTIONS[kind] and value is not None:
+                raise ValueError(f"`{name}` applies to kind={owner[0]!r} only. Received: {kind=}")
+            if value is not None and value < (0 if name == "nflip" else 1):
+                raise ValueError(f"`{name}` must be a positive integer. Received: {value}")
+        bits, count = packed.shape[1] * 8, len(packed)
         if kind == "flat":
             index = faiss.IndexBinaryFlat(bits)
+        elif kind == "ivf":
+            index = _trained_ivf(packed, bits, options.get("nlist") or default_nlist(count), seed)
+            index.nprobe = options.get("nprobe") or max(1, index.nlist // 16)
+        elif kind == "hnsw":
+            index = faiss.IndexBinaryHNSW(bits, options.get("neighbours") or 16)
+            index.hnsw.efSearch = options.get("ef_search") or 64
         else:
-            index = _trained_ivf(packed, bits, nlist or default_nlist(len(packed)), seed)
-            index.nprobe = nprobe or max(1, index.nlist // 16)
-        with tqdm(total=len(packed), desc="Indexing", unit="code", disable=not progress) as bar:
-            for start in range(0, len(packed), _ADD_CHUNK):
-                index.add(packed[start : start + _ADD_CHUNK])
-                bar.update(len(packed[start : start + _ADD_CHUNK]))
+            nhash = options.get("nhash") or default_nhash(count, bits)
+            if nhash > bits:
+                raise ValueError(f"`nhash` must be at most bits ({bits}). Received: {nhash}")
+            index = faiss.IndexBinaryMultiHash(bits, nhash, bits // nhash)
+            nflip = options.get("nflip")
+            index.nflip = 1 if nflip is None else nflip
+        _add_chunks(index, packed, progress)
         return cls(index, ids, kind)
 
     @property
     def bits(self) -> int:
         return self.index.d
 
+    @property
+    def exact_radius(self) -> int | None:
+        """The radius within which every neighbour is found: bits for "flat", the
+        pigeonhole bound for "multihash", None (no guarantee) for the others."""
+        if self.kind == "flat":
+            return self.bits
+        if self.kind == "multihash":
+            return self.index.nhash * (self.index.nflip + 1) - 1
+        return None
+
     def __len__(self) -> int:
         return self.index.ntotal
 
     def search(
-        self, packed_queries: np.ndarray, k: int = 10, *, nprobe: int | None = None
+        self,
+        packed_queries: np.ndarray,
+        k: int = 10,
+        *,
+        nprobe: int | None = None,
+        ef_search: int | None = None,
+        nflip: int | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Distances (nq, k) int32 and positions (nq, k) int64 of the k nearest codes.
 
         Rows are ordered by distance, then by position, so equal distances come out in
-        one order. `k` is clipped to the index size; an "ivf" index may find fewer than
-        k codes in the cells it scans, and pads with position -1. `nprobe` overrides the
-        saved number of cells an "ivf" index scans, for this search only.
+        one order. `k` is clipped to the index size; an approximate index may find fewer
+        than k codes, and pads with position -1. `nprobe` (ivf), `ef_search` (hnsw) or
+        `nflip` (multihash) override the saved search option, for this search only.
         """
-        queries = _check_packed(packed_queries, "packed_queries")
-        if queries.shape[1] * 8 != self.bits:
-            raise ValueError(
-                f"Queries have {queries.shape[1] * 8} bits but the index holds {self.bits}-bit "
-                "codes: encode the queries with the model that encoded the collection."
-            )
+        queries = self.check_queries(packed_queries)
         if k < 1:
             raise ValueError(f"`k` must be a positive integer. Received: k={k}")
-        if nprobe is not None and self.kind != "ivf":
-            raise ValueError(f"`nprobe` applies to an 'ivf' index; this one is {self.kind!r}.")
-        saved_nprobe = getattr(self.index, "nprobe", None)
+        given = {"nprobe": nprobe, "ef_search": ef_search, "nflip": nflip}
+        given = {name: value for name, value in given.items() if value is not None}
+        wrong = [name for name in given if name not in KIND_OPTIONS[self.kind]]
+        if wrong:
+            raise ValueError(f"`{wrong[0]}` does not apply to a {self.kind!r} index.")
+        saved = self.search_option
         try:
-            if nprobe is not None:
-                self.index.nprobe = nprobe
+            for value in given.values():
+                self.search_option = value
             distances, positions = self.index.search(queries, min(k, len(self)))
         finally:
-            if saved_nprobe is not None:
-                self.index.nprobe = saved_nprobe
+            if saved is not None:
+                self.search_option = saved
         # Missing results (position -1) come last, then by distance, then by position.
         missing = positions < 0
         order = np.lexsort((positions, distances, missing), axis=1)
@@ -153,11 +203,76 @@ class HammingIndex:
             np.take_along_axis(positions, order, axis=1),
         )
 
+    @property
+    def search_option(self) -> int | None:
+        """The saved search-time option: nprobe, ef_search or nflip; None for "flat"."""
+        holder, name = self._search_option_holder()
+        return None if holder is None else getattr(holder, name)
+
+    @search_option.setter
+    def search_option(self, value: int) -> None:
+        holder, name = self._search_option_holder()
+        setattr(holder, name, value)
+
+    def check_queries(self, packed_queries: np.ndarray) -> np.ndarray:
+        """`packed_queries` as contiguous uint8, or an error if their length differs."""
+        queries = _check_packed(packed_queries, "packed_queries")
+        if queries.shape[1] * 8 != self.bits:
+            raise ValueError(
+                f"Queries have {queries.shape[1] * 8} bits but the index holds {self.bits}-bit "
+                "codes: encode the queries with the model that encoded the collection."
+            )
+        return queries
+
+    def codes(self, positions: np.ndarray | None = None) -> np.ndarray:
+        """The packed codes (m, bits/8) at `positions` (all of them when None)."""
+        storage = self.index
+        if self.kind == "multihash":  # its codes live in a flat storage index
+            storage = faiss.downcast_IndexBinary(self.index.storage)
+        every = storage.reconstruct_n(0, len(self))
+        return every if positions is None else every[np.asarray(positions)]
+
+    def add(self, packed: np.ndarray, ids: Sequence[str]) -> None:
+        """Appends codes under new `ids`; refuses ids already indexed, changing nothing."""
+        packed = self.check_queries(packed)
+        if len(packed) != len(ids):
+            raise ValueError(f"{len(packed)} codes but {len(ids)} ids: expected one id per code.")
+        _check_ids(ids)
+        present = set(self.ids).intersection(ids)
+        if present:
+            raise ValueError(
+                f"{len(present)} of the ids are already in the index, e.g. "
+                f"{sorted(present)[:5]}: remove them first, or add only new ids."
+            )
+        _add_chunks(self.index, packed, progress=False)
+        self.ids.extend(ids)
+
+    def remove(self, ids: Sequence[str]) -> None:
+        """Drops the codes of `ids`; refuses ids not indexed, changing nothing.
+
+        The kept codes are re-added in order, so positions stay 0..n-1 (an "ivf" index
+        keeps its trained cells; an "hnsw" graph is rebuilt, which takes the build's time).
+        """
+        unknown = set(ids).difference(self.ids)
+        if unknown:
+            raise ValueError(f"{len(unknown)} ids are not in the index, e.g. {sorted(unknown)[:5]}")
+        dropped = set(ids)
+        keep = np.array([item not in dropped for item in self.ids])
+        if keep.all():
+            return
+        if not keep.any():
+            raise ValueError("Cannot remove every code: an index holds at least one.")
+        kept = self.codes()[keep]
+        self.index.reset()
+        _add_chunks(self.index, kept, progress=False)
+        self.ids = [item for item, kept_it in zip(self.ids, keep, strict=True) if kept_it]
+
     def save(self, path: str | Path) -> None:
-        """Write the index to `path` and its ids beside it, each atomically."""
+        """Write the index to `path` and its ids beside it: both are written whole to
+        temporary files first, then renamed, so an error leaves the old pair as it was."""
         path = Path(path)
-        write_text_atomically(ids_path(path), json.dumps({"kind": self.kind, "ids": self.ids}))
-        with atomic_path(path) as temporary:
+        with atomic_path(ids_path(path)) as ids_temporary, atomic_path(path) as temporary:
+            ids_temporary.write_text(json.dumps({"kind": self.kind, "ids": self.ids}))
             faiss.write_index_binary(self.index, str(temporary))
 
     @classmethod
@@ -187,6 +302,27 @@ class HammingIndex:
             )
         return cls(index, ids, kind)
 
+    def _search_option_holder(self) -> tuple[object | None, str]:
+        if self.kind == "ivf":
+            return self.index, "nprobe"
+        if self.kind == "hnsw":
+            return self.index.hnsw, "efSearch"
+        if self.kind == "multihash":
+            return self.index, "nflip"
+        return None, ""
+
+
+def _check_kind(kind: str) -> None:
+    if kind not in INDEX_KINDS:
+        raise ValueError(f"`kind` must be one of {INDEX_KINDS}. Received: kind={kind!r}")
+
+
+def _check_ids(ids: Sequence[str]) -> None:
+    if len(set(ids)) != len(ids):
+        seen: set[str] = set()
+        repeated = sorted({item for item in ids if item in seen or seen.add(item)})
+        raise ValueError(f"Ids must be unique; repeated: {repeated[:5]}")
+
 
 def _check_packed(packed: np.ndarray, name: str) -> np.ndarray:
     packed = np.asarray(packed)
@@ -196,6 +332,13 @@ def _check_packed(packed: np.ndarray, name: str) -> np.ndarray:
             f"Received: dtype={packed.dtype}, shape={packed.shape}"
         )
     return np.ascontiguousarray(packed)
+
+
+def _add_chunks(index: faiss.IndexBinary, packed: np.ndarray, progress: bool) -> None:
+    with tqdm(total=len(packed), desc="Indexing", unit="code", disable=not progress) as bar:
+        for start in range(0, len(packed), _ADD_CHUNK):
+            index.add(packed[start : start + _ADD_CHUNK])
+            bar.update(len(packed[start : start + _ADD_CHUNK]))
 
 
 def _trained_ivf(packed: np.ndarray, bits: int, nlist: int, seed: int) -> faiss.IndexBinaryIVF:

@@ -76,18 +76,25 @@ def test_default_nlist_keeps_enough_training_points():
     assert default_nlist(1_000_000) == 1000
 
 
-@pytest.mark.parametrize("kind", ["flat", "ivf"])
+ROUND_TRIP_OPTIONS = {
+    "flat": {},
+    "ivf": {"nlist": 8, "nprobe": 3},
+    "hnsw": {"neighbours": 8, "ef_search": 40},
+    "multihash": {"nhash": 3, "nflip": 2},
+}
+
+
+@pytest.mark.parametrize("kind", sorted(ROUND_TRIP_OPTIONS))
 def test_save_and_load_round_trip(tmp_path, kind):
     database = random_codes(500, 24, 4)
     ids = [f"photos/{i:03d}.jpg" for i in range(500)]
-    options = {"nlist": 8, "nprobe": 3} if kind == "ivf" else {}
-    index = HammingIndex.build(pack(database), ids, kind, **options)
+    index = HammingIndex.build(pack(database), ids, kind, **ROUND_TRIP_OPTIONS[kind])
     path = tmp_path / "harr.faiss"
     index.save(path)
     loaded = HammingIndex.load(path)
     assert (loaded.kind, loaded.ids, loaded.bits, len(loaded)) == (kind, ids, 24, 500)
-    if kind == "ivf":
-        assert loaded.index.nprobe == 3
+    if kind != "flat":  # the search option is saved with the index
+        assert loaded.search_option == list(ROUND_TRIP_OPTIONS[kind].values())[-1]
     queries = pack(database[:20])
     for got, want in zip(loaded.search(queries, 5), index.search(queries, 5), strict=True):
         np.testing.assert_array_equal(got, want)
@@ -117,9 +124,13 @@ def test_bad_input_is_rejected_with_what_was_received():
     with pytest.raises(ValueError, match="one id per code"):
         HammingIndex.build(packed, ids[:-1])
     with pytest.raises(ValueError, match="kind"):
-        HammingIndex.build(packed, ids, "hnsw")
-    with pytest.raises(ValueError, match="apply to kind='ivf'"):
+        HammingIndex.build(packed, ids, "lsh")
+    with pytest.raises(ValueError, match="applies to kind='ivf'"):
         HammingIndex.build(packed, ids, nlist=4)
+    with pytest.raises(ValueError, match="applies to kind='hnsw'"):
+        HammingIndex.build(packed, ids, "multihash", ef_search=4)
+    with pytest.raises(ValueError, match="unique"):
+        HammingIndex.build(packed, ["a"] * 20)
     with pytest.raises(ValueError, match="between 1 and the number of codes"):
         HammingIndex.build(packed, ids, "ivf", nlist=21)
     index = HammingIndex.build(packed, ids)
@@ -129,3 +140,110 @@ def test_bad_input_is_rejected_with_what_was_received():
         index.search(packed, k=0)
     with pytest.raises(ValueError, match="nprobe"):
         index.search(packed, nprobe=2)
+    with pytest.raises(ValueError, match="ef_search"):
+        index.search(packed, ef_search=2)
+
+
+def near_duplicates(bases: int, copies: int, bits: int, flips: int, seed: int) -> np.ndarray:
+    """`copies` codes around each of `bases` random codes, each with up to `flips` bits
+    flipped: neighbours at small distances, as trained codes have."""
+    rng = np.random.default_rng(seed)
+    codes = np.repeat(random_codes(bases, bits, seed), copies, axis=0)
+    for row in codes:
+        row[rng.choice(bits, rng.integers(0, flips + 1), replace=False)] *= -1
+    return codes
+
+
+@pytest.mark.parametrize(("nhash", "nflip"), [(4, 0), (2, 1), (4, 1)])
+def test_multihash_finds_every_code_within_its_exact_radius(nhash, nflip):
+    database = near_duplicates(40, 25, 32, 6, seed=5)
+    queries = near_duplicates(10, 1, 32, 0, seed=5)  # the first bases themselves
+    index = HammingIndex.build(
+        pack(database), [str(i) for i in range(1000)], "multihash", nhash=nhash, nflip=nflip
+    )
+    radius = index.exact_radius
+    assert radius == nhash * (nflip + 1) - 1
+    distances, positions = index.search(pack(queries), k=1000)
+    reference = hamming_distances(queries, database)
+    for row in range(len(queries)):
+        found = positions[row] >= 0
+        np.testing.assert_array_equal(reference[row, positions[row, found]], distances[row, found])
+        within = set(np.flatnonzero(reference[row] <= radius).tolist())
+        assert within == set(positions[row, found & (distances[row] <= radius)].tolist())
+        assert within  # the test means something: near codes exist
+    # Up to the radius, the top k is the exact top k.
+    exact_d, _ = HammingIndex.build(pack(database), [str(i) for i in range(1000)]).search(
+        pack(queries), 5
+    )
+    got_d, _ = index.search(pack(queries), 5)
+    inside = exact_d <= radius
+    np.testing.assert_array_equal(got_d[inside], exact_d[inside])
+
+
+def test_hnsw_returns_true_distances_and_recalls_near_codes():
+    database = near_duplicates(50, 40, 64, 8, seed=6)
+    queries = near_duplicates(30, 1, 64, 2, seed=6)
+    index = HammingIndex.build(pack(database), [str(i) for i in range(2000)], "hnsw")
+    distances, positions = index.search(pack(queries), 10)
+    reference = hamming_distances(queries, database)
+    assert (positions >= 0).all()
+    np.testing.assert_array_equal(np.take_along_axis(reference, positions, axis=1), distances)
+    exact = np.sort(reference, axis=1)[:, :10]
+    assert np.all(distances >= exact)  # never nearer than the exact i-th neighbour
+    assert np.mean(distances == exact) > 0.9
+
+
+@pytest.mark.parametrize("kind", sorted(ROUND_TRIP_OPTIONS))
+def test_add_and_remove_search_as_a_fresh_build_of_the_same_codes(kind):
+    codes = near_duplicates(30, 20, 24, 3, seed=7)
+    ids = [f"item{i}" for i in range(600)]
+    options = {"nlist": 4, "nprobe": 4} if kind == "ivf" else {}
+    index = HammingIndex.build(pack(codes[:400]), ids[:400], kind, **options)
+    index.add(pack(codes[400:]), ids[400:])
+    gone = ["item0", "item17", "item450", "item599"]
+    index.remove(gone)
+    kept = [row for row, item in enumerate(ids) if item not in gone]
+    assert index.ids == [ids[row] for row in kept] and len(index) == 596
+    np.testing.assert_array_equal(index.codes(), pack(codes[kept]))
+    got_d, got_p = index.search(pack(codes[::37]), 8)
+    if kind in ("flat", "ivf"):  # exact (ivf: every cell probed)
+        assert_exact_top_k(got_d, got_p, codes[::37], codes[kept], 8)
+    found = got_p >= 0
+    np.testing.assert_array_equal(
+        hamming_distances(codes[::37], codes[kept])[np.nonzero(found)[0], got_p[found]],
+        got_d[found],
+    )
+
+
+def test_add_and_remove_refuse_bad_ids_and_change_nothing(tmp_path):
+    codes = random_codes(50, 16, 8)
+    index = HammingIndex.build(pack(codes), [str(i) for i in range(50)])
+    with pytest.raises(ValueError, match=r"2 of the ids are already in the index.*'3', '7'"):
+        index.add(pack(codes[:3]), ["new", "3", "7"])
+    with pytest.raises(ValueError, match="unique"):
+        index.add(pack(codes[:2]), ["new", "new"])
+    with pytest.raises(ValueError, match="Queries have 32 bits but the index holds 16"):
+        index.add(pack(random_codes(1, 32, 0)), ["new"])
+    with pytest.raises(ValueError, match=r"1 ids are not in the index.*'nope'"):
+        index.remove(["3", "nope"])
+    with pytest.raises(ValueError, match="every code"):
+        index.remove(index.ids)
+    assert index.ids == [str(i) for i in range(50)]
+    np.testing.assert_array_equal(index.codes(), pack(codes))
+
+
+def test_a_failed_save_leaves_the_saved_index_as_it_was(tmp_path, monkeypatch):
+    path = tmp_path / "harr.faiss"
+    index = HammingIndex.build(pack(random_codes(20, 16, 9)), [str(i) for i in range(20)])
+    index.save(path)
+    before = path.read_bytes(), ids_path(path).read_bytes()
+    index.add(pack(random_codes(5, 16, 10)), list("abcde"))
+
+    def full_disk(*_):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("harr_tf.index.faiss.write_index_binary", full_disk)
+    with pytest.raises(OSError, match="No space"):
+        index.save(path)
+    assert (path.read_bytes(), ids_path(path).read_bytes()) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["harr.faiss", "harr.faiss.ids.json"]
