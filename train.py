@@ -136,54 +136,84 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--resume", action="store_true", help="continue the run in --run-dir from its last epoch"
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--verbose", action="store_true", help="keep TensorFlow's start-up log lines (CUDA, oneDNN)"
+    )
     return parser.parse_args(argv)
 
 
 def resolve_config(args: argparse.Namespace):
-    """Defaults, then the YAML file (or the resumed run's config), then flags."""
+    """Defaults, then the YAML file (or the resumed run's config), then flags.
+
+    A resumed run keeps its data, split, code lengths, WTA structure and model: a flag
+    that would change them is refused (`harr_tf.resume`).
+    """
     from harr_tf.config import TrainConfig, from_dict, read_settings_file, to_dict
+    from harr_tf.resume import check_resumable
 
     values: dict = {}
-    source = args.config
+    source, flag = args.config, "--config"
     if args.resume:
         if not args.run_dir or not os.path.exists(os.path.join(args.run_dir, "config.yaml")):
             raise SystemExit(
                 f"--resume needs --run-dir of an existing run (with config.yaml). "
                 f"Received: --run-dir {args.run_dir}"
             )
-        source = os.path.join(args.run_dir, "config.yaml")
+        source, flag = os.path.join(args.run_dir, "config.yaml"), "--resume"
     if source:
-        values = read_settings_file(source)
-    values = to_dict(from_dict(TrainConfig, values))
+        values = read_settings_file(source, flag)
+    saved = from_dict(TrainConfig, values)
+    values = to_dict(saved)
     for _, section, field, _, _ in FLAGS:
         given = getattr(args, field)
         if given is not None:
             (values[section] if section else values)[field] = given
-    return from_dict(TrainConfig, values)
+    config = from_dict(TrainConfig, values)
+    if args.resume:
+        check_resumable(saved, config)
+    return config
+
+
+def check_writable(run_dir: str) -> None:
+    """Fails before any work when the run directory cannot be written."""
+    try:
+        os.makedirs(run_dir, exist_ok=True)
+        probe = os.path.join(run_dir, f".write-test-{os.getpid()}")
+        with open(probe, "w"):
+            pass
+        os.remove(probe)
+    except OSError as error:
+        raise SystemExit(
+            f"--run-dir {run_dir} is not writable ({error.strerror}); choose another --run-dir."
+        ) from None
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from harr_tf.quiet import quiet_tensorflow
+
+    quiet_tensorflow(args.verbose)
+    from harr_tf.backbones import WeightsUnavailableError
     from harr_tf.report import results_table
     from harr_tf.run import TrainingDiverged, run
 
     try:
         config = resolve_config(args)
     except ValueError as error:
-        raise SystemExit(f"Invalid configuration: {error}") from error
+        raise SystemExit(f"Invalid configuration: {error}") from None
     run_dir = args.run_dir or os.path.join("runs", time.strftime("%Y%m%d-%H%M%S"))
     if os.path.exists(os.path.join(run_dir, "config.yaml")) and not args.resume:
         raise SystemExit(
             f"{run_dir} already holds a run: pass --resume to continue it, or another --run-dir."
         )
+    check_writable(run_dir)
     logging.getLogger("harr_tf").info(
         "Run directory: %s\n%s", run_dir, yaml.safe_dump(dataclasses.asdict(config))
     )
     try:
         metrics = run(config, run_dir, verbose=0 if args.quiet else 1)
-    except (TrainingDiverged, ValueError, FileNotFoundError) as error:
+    except (TrainingDiverged, WeightsUnavailableError, ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     if metrics["results"]:

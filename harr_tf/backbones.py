@@ -50,6 +50,10 @@ def small_cnn(
     return keras.Model(inputs, features, name="backbone")
 
 
+class WeightsUnavailableError(RuntimeError):
+    """Pretrained weights were asked for but cannot be downloaded here."""
+
+
 def _resolve_weights(weights: str) -> str | None:
     if weights == "none":
         return None
@@ -121,7 +125,7 @@ def pretrained_backbone(
     except Exception as error:  # keras.utils.get_file raises a bare Exception offline.
         if resolved != "imagenet":
             raise
-        raise RuntimeError(
+        raise WeightsUnavailableError(
             f"Could not download the ImageNet weights of {name} ({error}). Without "
             "network access, pass `--weights none` to train from scratch, or "
             "`--weights PATH` with a local weights file."

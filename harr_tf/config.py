@@ -63,6 +63,10 @@ class ModelConfig:
         validate_pooling(self.pooling)
 
 
+# The contrastive loss needs several negatives per image in each batch.
+MIN_BATCH_SIZE = 8
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """Everything a run needs; the run directory stores it resolved."""
@@ -89,14 +93,36 @@ class TrainConfig:
     def __post_init__(self) -> None:
         for bits in self.bits:
             validate_bits(bits)
+        if len(set(self.bits)) != len(self.bits):
+            raise ValueError(f"`bits` must not repeat a code length. Received: bits={self.bits}")
         if not (self.train_size in (None, "all") or isinstance(self.train_size, int)):
             raise ValueError(
                 f"`train_size` must be an integer or 'all'. "
                 f"Received: train_size={self.train_size!r}"
             )
-        for name in ("epochs", "batch_size", "eval_every"):
+        for name in ("epochs", "eval_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"`{name}` must be >= 1. Received: {name}={getattr(self, name)}")
+        if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
+            raise ValueError(
+                f"`steps_per_epoch` must be >= 1. Received: steps_per_epoch={self.steps_per_epoch}"
+            )
+        if self.batch_size < MIN_BATCH_SIZE:
+            raise ValueError(
+                f"`batch_size` must be >= {MIN_BATCH_SIZE}: the contrastive loss contrasts each "
+                f"image with the others of its batch, and with fewer it trains to chance level. "
+                f"Received: batch_size={self.batch_size}"
+            )
+        if not self.learning_rate > 0:
+            raise ValueError(
+                f"`learning_rate` must be > 0. Received: learning_rate={self.learning_rate}"
+            )
+        if not 0 <= self.momentum < 1:
+            raise ValueError(f"`momentum` must be in [0, 1). Received: momentum={self.momentum}")
+        if self.weight_decay < 0:
+            raise ValueError(
+                f"`weight_decay` must be >= 0. Received: weight_decay={self.weight_decay}"
+            )
 
 
 def to_dict(config: Any) -> dict:
@@ -140,8 +166,16 @@ def read_settings_file(path: str, flag: str = "--config") -> dict:
     """
     if not os.path.isfile(path):
         raise SystemExit(f"{flag}: no such file. Received: {path}")
-    with open(path) as f:
-        values = yaml.safe_load(f) or {}
+    try:
+        with open(path) as f:
+            values = yaml.safe_load(f) or {}
+    except yaml.YAMLError as error:
+        where = getattr(error, "problem_mark", None)
+        line = f" (line {where.line + 1}, column {where.column + 1})" if where else ""
+        problem = getattr(error, "problem", None) or "not valid YAML"
+        raise SystemExit(f"{flag} {path} is not valid YAML{line}: {problem}.") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise SystemExit(f"{flag} {path} cannot be read: {error}.") from None
     if not isinstance(values, dict):
         raise SystemExit(f"{flag} {path} must hold a mapping of settings.")
     return values

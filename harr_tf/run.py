@@ -30,6 +30,7 @@ from harr_tf.data.pipeline import training_dataset
 from harr_tf.encoder import build_encoder, encode_images
 from harr_tf.features import pixel_features, wta_features
 from harr_tf.model import HarrModel
+from harr_tf.resume import check_same_split
 from harr_tf.retrieval import evaluate
 from harr_tf.wta import (
     WTASimilarity,
@@ -235,6 +236,7 @@ def run(config: TrainConfig, run_dir: str, verbose: int = 1) -> dict:
     writes `metrics.json` and the plots; returns the metrics."""
     data = load_run_data(config)
     os.makedirs(run_dir, exist_ok=True)
+    check_same_split(os.path.join(run_dir, "split.npz"), data.split)
     with open(os.path.join(run_dir, "config.yaml"), "w") as f:
         yaml.safe_dump(to_dict(config), f, sort_keys=False)
     data.split.save(os.path.join(run_dir, "split.npz"))

@@ -84,6 +84,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=3,
         help="stop the search after this many failed (e.g. NaN) trials in a row",
     )
+    add("--verbose", action="store_true", help="keep TensorFlow's start-up log lines")
     add(
         "--quiet",
         action="store_true",
@@ -140,7 +141,9 @@ def run_search(args: argparse.Namespace) -> int:
     where = role()
     if where == "worker":
         wait_for_chief(args.oracle_timeout)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from harr_tf.quiet import quiet_tensorflow
+
+    quiet_tensorflow(args.verbose)
     import keras
 
     from harr_tf.config import to_dict
@@ -239,9 +242,11 @@ def check_resumable(path: str, settings: dict) -> None:
     """A resumed search must run its trials as it started them."""
     if not os.path.exists(path):
         return
+    from harr_tf.resume import flatten_settings
+
     with open(path) as f:
-        saved = _flatten(yaml.safe_load(f))
-    current = _flatten(settings)
+        saved = flatten_settings(yaml.safe_load(f) or {})
+    current = flatten_settings(settings)
     changed = sorted(k for k in saved.keys() | current.keys() if saved.get(k) != current.get(k))
     if changed:
         raise SystemExit(
@@ -249,17 +254,6 @@ def check_resumable(path: str, settings: dict) -> None:
             "Rerun it with the same flags and --config, pass --overwrite to start over, "
             "or use another --project-name."
         )
-
-
-def _flatten(values, prefix: str = "") -> dict:
-    if not isinstance(values, dict):
-        return {prefix: values}
-    flat = {}
-    for key, value in values.items():
-        flat.update(
-            _flatten(value, f"{prefix}{key}." if isinstance(value, dict) else f"{prefix}{key}")
-        )
-    return flat
 
 
 def main(argv: list[str] | None = None) -> int:

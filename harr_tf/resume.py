@@ -1,0 +1,70 @@
+"""What a resumed run may change: its budget, not its data, split, codes or model.
+
+A run directory's checkpoints, split and WTA structure belong to the settings that made
+them. Resuming with another dataset, seed, code length, WTA setting or network would
+silently rewrite `split.npz`, `wta.npz` and `config.yaml` for other data and score the
+old checkpoints on it, so `--resume` refuses such settings, naming them.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from harr_tf.config import to_dict
+from harr_tf.data.splits import ProtocolSplit
+
+# Settings a resumed run may change: how long it trains, how often it evaluates, and
+# where the same data files are found.
+RESUMABLE_SETTINGS = ("epochs", "eval_every", "data_dir")
+
+
+def changed_settings(saved, config) -> list[str]:
+    """Dotted names of the settings (beyond `RESUMABLE_SETTINGS`) that differ."""
+    old, new = flatten_settings(to_dict(saved)), flatten_settings(to_dict(config))
+    return sorted(
+        name
+        for name in old.keys() | new.keys()
+        if name not in RESUMABLE_SETTINGS and old.get(name) != new.get(name)
+    )
+
+
+def check_resumable(saved, config) -> None:
+    """Raises SystemExit naming each setting that would change the resumed run."""
+    changed = changed_settings(saved, config)
+    if changed:
+        old, new = flatten_settings(to_dict(saved)), flatten_settings(to_dict(config))
+        details = ", ".join(f"{name}: {old.get(name)!r} -> {new.get(name)!r}" for name in changed)
+        raise SystemExit(
+            f"--resume continues a run with its own data, split, code lengths, WTA structure "
+            f"and model; these settings differ from the run's config.yaml: {details}. Only "
+            f"{', '.join(RESUMABLE_SETTINGS)} may change; start a new --run-dir for the rest."
+        )
+
+
+def check_same_split(path: str, split: ProtocolSplit) -> None:
+    """Raises ValueError when the split saved at `path` differs from `split` (the data
+    under the same settings changed, e.g. files were added), instead of overwriting it."""
+    if not os.path.exists(path):
+        return
+    saved = ProtocolSplit.load(path)
+    fields = ("query", "database", "train", "validation")
+    if saved.protocol != split.protocol or not all(
+        np.array_equal(getattr(saved, name), getattr(split, name)) for name in fields
+    ):
+        raise ValueError(
+            f"{path} holds another split than the data give now (same settings): the "
+            "dataset changed since the run started. Restore the data, or start a new --run-dir."
+        )
+
+
+def flatten_settings(values: dict, prefix: str = "") -> dict:
+    """`{"wta": {"window": 4}}` → `{"wta.window": 4}`: nested settings by dotted name."""
+    flat = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat.update(flatten_settings(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
