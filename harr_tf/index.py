@@ -219,18 +219,22 @@ class HammingIndex:
         queries = _check_packed(packed_queries, "packed_queries")
         if queries.shape[1] * 8 != self.bits:
             raise ValueError(
-                f"Queries have {queries.shape[1] * 8} bits but the index holds {self.bits}-bit "
-                "codes: encode the queries with the model that encoded the collection."
+                f"Codes of {queries.shape[1] * 8} bits but the index holds {self.bits}-bit "
+                "codes: encode them with the model that encoded the collection."
             )
         return queries
 
     def codes(self, positions: np.ndarray | None = None) -> np.ndarray:
-        """The packed codes (m, bits/8) at `positions` (all of them when None)."""
-        storage = self.index
-        if self.kind == "multihash":  # its codes live in a flat storage index
-            storage = faiss.downcast_IndexBinary(self.index.storage)
-        every = storage.reconstruct_n(0, len(self))
-        return every if positions is None else every[np.asarray(positions)]
+        """A copy of the packed codes (m, bits/8) at `positions` (all of them when None)."""
+        if self.kind == "ivf":  # its codes are spread over the cells' lists
+            every = self.index.reconstruct_n(0, len(self))
+        else:  # a view of the flat code array, without copying all of it
+            storage = self.index
+            if self.kind in ("hnsw", "multihash"):
+                storage = faiss.downcast_IndexBinary(self.index.storage)
+            size = len(self) * storage.code_size
+            every = faiss.rev_swig_ptr(storage.xb.data(), size).reshape(len(self), -1)
+        return every.copy() if positions is None else every[np.asarray(positions, np.int64)]
 
     def add(self, packed: np.ndarray, ids: Sequence[str]) -> None:
         """Appends codes under new `ids`; refuses ids already indexed, changing nothing."""

@@ -28,6 +28,7 @@ logger = logging.getLogger(__name__)
 
 RETRYABLE_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
 CODE_OUTPUTS = ("codes", "packed")
+CONTINUOUS_OUTPUT = "continuous"
 # Images of several MB in batches of 64 exceed gRPC's 4 MB default; reconnect quickly
 # after a server restart instead of gRPC's default backoff of up to 120 s.
 CHANNEL_OPTIONS = (
@@ -55,6 +56,7 @@ class SignatureInfo:
     version: int
     input_name: str
     bits: int
+    outputs: tuple[str, ...] = CODE_OUTPUTS
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -66,12 +68,14 @@ class BatchCodes:
         packed: (n_ok, bits / 8) uint8, `np.packbits` order.
         positions: (n_ok,) positions in the submitted batch of the images encoded.
         failures: {position in the batch: the server's message} for the others.
+        continuous: (n_ok, bits) float32, the codes before `sign`, when asked for.
     """
 
     codes: np.ndarray
     packed: np.ndarray
     positions: np.ndarray
     failures: dict[int, str]
+    continuous: np.ndarray | None = None
 
 
 class ServingClient:
@@ -145,7 +149,9 @@ class ServingClient:
                 self._what("GetModelMetadata"),
             )
         bits = signature.outputs["codes"].tensor_shape.dim[-1].size
-        self._info = SignatureInfo(response.model_spec.version.value, strings[0], bits)
+        self._info = SignatureInfo(
+            response.model_spec.version.value, strings[0], bits, tuple(sorted(signature.outputs))
+        )
         return self._info
 
     def predict(self, images: Sequence[bytes]) -> tuple[np.ndarray, np.ndarray]:
@@ -155,42 +161,45 @@ class ServingClient:
             RequestFailed: the server refused the batch (INVALID_ARGUMENT when an image
                 does not decode), or it kept failing after every retry.
         """
-        if self._info is None:
-            self.describe()
-        request = predict_pb2.PredictRequest(output_filter=CODE_OUTPUTS)
-        self._fill_model_spec(request.model_spec)
-        request.inputs[self._info.input_name].CopyFrom(
-            tf.make_tensor_proto(np.array(images, dtype=object), dtype=tf.string)
-        )
-        response = self._call("Predict", request)
-        codes, packed = (tf.make_ndarray(response.outputs[name]) for name in CODE_OUTPUTS)
-        if len(codes) != len(images) or len(packed) != len(images):
-            raise RequestFailed(
-                grpc.StatusCode.INTERNAL,
-                f"answered {len(codes)} codes for {len(images)} images",
-                self._what("Predict"),
-            )
+        codes, packed = self._predict_outputs(images, CODE_OUTPUTS)
         return codes, packed
 
-    def encode(self, images: Sequence[bytes]) -> BatchCodes:
-        """Codes of `images`, leaving out (and naming) the ones the server cannot decode."""
+    def encode(self, images: Sequence[bytes], *, continuous: bool = False) -> BatchCodes:
+        """Codes of `images`, leaving out (and naming) the ones the server cannot decode.
+
+        With `continuous`, also the signature's `continuous` output (the codes before
+        `sign`, for asymmetric re-ranking); a signature without it is refused.
+        """
         if self._info is None:
             self.describe()
-        found: list[tuple[int, np.ndarray, np.ndarray]] = []
+        names = CODE_OUTPUTS
+        if continuous:
+            if CONTINUOUS_OUTPUT not in self._info.outputs:
+                raise RequestFailed(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    f"signature {self.signature!r} gives no {CONTINUOUS_OUTPUT!r} output; it "
+                    f"gives {list(self._info.outputs)}",
+                    self._what("GetModelMetadata"),
+                )
+            names = (*CODE_OUTPUTS, CONTINUOUS_OUTPUT)
+        found: list[tuple[int, list[np.ndarray]]] = []
         failures: dict[int, str] = {}
-        self._encode_span(images, 0, len(images), found, failures)
+        self._encode_span(images, 0, len(images), names, found, failures)
         found.sort(key=lambda item: item[0])
-        if not found:
-            bits = self._info.bits
-            empty = np.zeros((0, bits), np.int8), np.zeros((0, bits // 8), np.uint8)
-            return BatchCodes(*empty, np.zeros(0, np.int64), failures)
+        bits = self._info.bits
+        empty = [np.zeros((0, bits), np.int8), np.zeros((0, bits // 8), np.uint8)]
+        empty = [*empty, np.zeros((0, bits), np.float32)][: len(names)]
+        outputs = [
+            np.concatenate([piece] + [item[1][k] for item in found])
+            for k, piece in enumerate(empty)
+        ]
+        positions = [np.arange(start, start + len(item[0])) for start, item in found]
         return BatchCodes(
-            codes=np.concatenate([item[1] for item in found]),
-            packed=np.concatenate([item[2] for item in found]),
-            positions=np.concatenate(
-                [np.arange(item[0], item[0] + len(item[1])) for item in found]
-            ),
+            codes=outputs[0],
+            packed=outputs[1],
+            positions=np.concatenate([np.zeros(0, np.int64), *positions]),
             failures=failures,
+            continuous=outputs[2] if continuous else None,
         )
 
     def close(self) -> None:
@@ -204,12 +213,33 @@ class ServingClient:
     def __exit__(self, *exc_info) -> None:
         self.close()
 
-    def _encode_span(self, images, start: int, stop: int, found: list, failures: dict) -> None:
+    def _predict_outputs(self, images: Sequence[bytes], names: tuple[str, ...]) -> list:
+        """The outputs `names` of one batch, each with one row per image."""
+        if self._info is None:
+            self.describe()
+        request = predict_pb2.PredictRequest(output_filter=names)
+        self._fill_model_spec(request.model_spec)
+        request.inputs[self._info.input_name].CopyFrom(
+            tf.make_tensor_proto(np.array(images, dtype=object), dtype=tf.string)
+        )
+        response = self._call("Predict", request)
+        outputs = [tf.make_ndarray(response.outputs[name]) for name in names]
+        if any(len(output) != len(images) for output in outputs):
+            raise RequestFailed(
+                grpc.StatusCode.INTERNAL,
+                f"answered {len(outputs[0])} codes for {len(images)} images",
+                self._what("Predict"),
+            )
+        return outputs
+
+    def _encode_span(
+        self, images, start: int, stop: int, names: tuple, found: list, failures: dict
+    ) -> None:
         """Encodes images[start:stop], halving the span on INVALID_ARGUMENT."""
         if start == stop:
             return
         try:
-            codes, packed = self.predict(images[start:stop])
+            outputs = self._predict_outputs(images[start:stop], names)
         except RequestFailed as error:
             if error.code != grpc.StatusCode.INVALID_ARGUMENT:
                 raise
@@ -217,10 +247,10 @@ class ServingClient:
                 failures[start] = error.details
                 return
             middle = (start + stop) // 2
-            self._encode_span(images, start, middle, found, failures)
-            self._encode_span(images, middle, stop, found, failures)
+            self._encode_span(images, start, middle, names, found, failures)
+            self._encode_span(images, middle, stop, names, found, failures)
             return
-        found.append((start, codes, packed))
+        found.append((start, outputs))
 
     def _fill_model_spec(self, model_spec) -> None:
         model_spec.name = self.model

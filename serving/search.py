@@ -1,11 +1,17 @@
-"""Hamming search over a collection's codes: build a FAISS index, query it with new images.
+"""Hamming search over a collection's codes: build a FAISS index, grow it, query it.
 
-    python -m serving.search build --codes codes.npz --index harr.faiss [--kind flat|ivf]
+    python -m serving.search build --codes codes.npz --index harr.faiss [--kind KIND]
+    python -m serving.search add --index harr.faiss --codes more.npz [--new-only]
+    python -m serving.search remove --index harr.faiss --ids photos/a.jpg photos/b.jpg
     python -m serving.search query --index harr.faiss --server localhost:8500 photo.jpg
 
-`build` indexes the packed codes `serving.encode` wrote (see `harr_tf.index`). `query`
-sends the images to the served model for their codes, the same way the collection was
-encoded, and prints the nearest ids with their Hamming distances (or JSON with `--json`).
+`build` indexes the packed codes `serving.encode` wrote (see `harr_tf.index` for the
+kinds). `add` appends the codes of new ids; with `--new-only` it takes the whole codes
+file of `serving.encode --resume` and adds only the ids the index lacks. `remove` drops
+ids. Both rewrite the index whole or not at all. `query` sends the images to the served
+model for their codes, the same way the collection was encoded, and prints the nearest ids
+with their Hamming distances (or JSON with `--json`); `--rerank N` re-ranks the top N by
+the inner product of the query's continuous code with each item's binary code.
 """
 
 from __future__ import annotations
@@ -16,29 +22,67 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 from harr_tf.index import INDEX_KINDS, HammingIndex, ids_path
 from serving.cli import add_endpoint_arguments, add_retry_arguments, positive
-from serving.code_store import load_codes_file
+from serving.code_store import StoredCodes, load_codes_file
 
 _QUERY_BATCH = 64
+_BUILD_OPTIONS = ("nlist", "nprobe", "neighbours", "ef_search", "nhash", "nflip")
+_SEARCH_OPTIONS = ("nprobe", "ef_search", "nflip")
+_KIND_SEARCH_OPTION = {"ivf": ("nprobe",), "hnsw": ("ef_search",), "multihash": ("nflip",)}
+
+
+def nearest(
+    index: HammingIndex,
+    packed: np.ndarray,
+    top_k: int,
+    *,
+    continuous: np.ndarray | None = None,
+    rerank: int | None = None,
+    **options: int | None,
+) -> list[list[dict]]:
+    """For each packed query code, its results [{"id", "distance"}], nearest first.
+
+    With `rerank` (and the queries' `continuous` codes), the top `rerank` by Hamming
+    distance are re-ranked by ⟨h_query, b_item⟩, largest first, ties by position, and
+    each result also carries its "score". `options` are the index's search options.
+    """
+    if rerank is not None and rerank < top_k:
+        raise ValueError(f"`rerank` ({rerank}) must be at least `top_k` ({top_k}).")
+    distances, positions = index.search(packed, max(top_k, rerank or 0), **options)
+    if rerank:  # every candidate's ±1 code, (nq, depth, bits), in one look-up
+        candidates = index.codes(np.maximum(positions, 0).ravel())
+        items = np.unpackbits(candidates, axis=1).reshape(*positions.shape, -1) * 2.0 - 1
+        all_scores = np.einsum("qnb,qb->qn", items, np.asarray(continuous, np.float64))
+    answers = []
+    for row in range(len(packed)):
+        found = positions[row] >= 0  # an approximate index pads with -1 when it finds fewer
+        kept, kept_distances = positions[row, found], distances[row, found]
+        scores = None
+        if rerank:
+            scores = all_scores[row, found]
+            order = np.lexsort((kept, -scores))
+            kept, kept_distances, scores = kept[order], kept_distances[order], scores[order]
+        results = [
+            {"id": index.ids[position], "distance": int(distance)}
+            for position, distance in zip(kept[:top_k], kept_distances[:top_k], strict=True)
+        ]
+        if scores is not None:
+            for result, score in zip(results, scores, strict=False):
+                result["score"] = round(float(score), 5)
+        answers.append(results)
+    return answers
 
 
 def build(args: argparse.Namespace) -> int:
-    try:
-        stored = load_codes_file(args.codes)
-    except (ValueError, FileNotFoundError) as err:
-        raise SystemExit(f"error: --codes {args.codes}: {err}") from err
-    if len(stored.ids) == 0:
-        raise SystemExit(f"error: --codes {args.codes} holds no codes; nothing to index.")
+    stored = _load_codes(args.codes)
     start = time.monotonic()
+    options = {name: getattr(args, name) for name in _BUILD_OPTIONS}
     try:
         index = HammingIndex.build(
-            stored.packed,
-            stored.ids.tolist(),
-            args.kind,
-            nlist=args.nlist,
-            nprobe=args.nprobe,
-            progress=True,
+            stored.packed, stored.ids.tolist(), args.kind, progress=True, **options
         )
     except ValueError as err:
         raise SystemExit(f"error: {err}") from err
@@ -50,16 +94,63 @@ def build(args: argparse.Namespace) -> int:
     return 0
 
 
+def add(args: argparse.Namespace) -> int:
+    index, stored = _load_index(args.index), _load_codes(args.codes)
+    ids = stored.ids.tolist()
+    present = {item: position for position, item in enumerate(index.ids)}
+    new = np.array([item not in present for item in ids], dtype=bool)
+    if not args.new_only:
+        new[:] = True  # ids already indexed are refused by `index.add`
+    elif not new.all():
+        shared = np.flatnonzero(~new)
+        old = index.codes(np.array([present[ids[row]] for row in shared]))
+        differ = (old != stored.packed[shared]).any(axis=1)
+        if differ.any():
+            examples = [ids[row] for row in shared[differ][:5]]
+            raise SystemExit(
+                f"error: --codes {args.codes}: {int(differ.sum())} ids already in {args.index} "
+                f"have other codes there, e.g. {examples}: the codes come from another model; "
+                "rebuild the index from one codes file."
+            )
+    start = time.monotonic()
+    try:
+        index.add(stored.packed[new], [ids[row] for row in np.flatnonzero(new)])
+    except ValueError as err:
+        hint = (
+            " Pass --new-only to add only the ids the index lacks." if "already" in str(err) else ""
+        )
+        raise SystemExit(f"error: --codes {args.codes}: {err}{hint}") from err
+    index.save(args.index)
+    print(
+        f"Added {int(new.sum())} codes ({len(ids) - int(new.sum())} already indexed) to "
+        f"{args.index}, which holds {len(index)} in {time.monotonic() - start:.1f} s."
+    )
+    return 0
+
+
+def remove(args: argparse.Namespace) -> int:
+    index = _load_index(args.index)
+    try:
+        index.remove(args.ids)
+    except ValueError as err:
+        raise SystemExit(f"error: --ids: {err}") from err
+    index.save(args.index)
+    print(f"Removed {len(set(args.ids))} codes from {args.index}, which holds {len(index)}.")
+    return 0
+
+
 def query(args: argparse.Namespace) -> int:
     # Imported here: the client loads TensorFlow, which `build` does not need.
     from serving.client import RequestFailed, ServingClient
 
-    try:
-        index = HammingIndex.load(args.index)
-    except (ValueError, FileNotFoundError) as err:
-        raise SystemExit(f"error: --index {args.index}: {err}") from err
-    if args.nprobe is not None and index.kind != "ivf":
-        raise SystemExit(f"error: --nprobe applies to an ivf index; {args.index} is {index.kind}.")
+    index = _load_index(args.index)
+    if args.rerank is not None and args.rerank < args.top_k:
+        raise SystemExit(f"error: --rerank {args.rerank} must be at least --top-k {args.top_k}.")
+    options = {name: getattr(args, name) for name in _SEARCH_OPTIONS}
+    for name, value in options.items():
+        if value is not None and name not in _KIND_SEARCH_OPTION.get(index.kind, ()):
+            flag = "--" + name.replace("_", "-")
+            raise SystemExit(f"error: {flag} does not apply to {args.index}, a {index.kind} index.")
     answers: dict[str, dict] = {}
     readable: list[tuple[str, bytes]] = []
     for image in args.images:
@@ -79,19 +170,24 @@ def query(args: argparse.Namespace) -> int:
                 )
             for start in range(0, len(readable), _QUERY_BATCH):
                 chunk = readable[start : start + _QUERY_BATCH]
-                batch = client.encode([contents for _, contents in chunk])
+                batch = client.encode(
+                    [contents for _, contents in chunk], continuous=bool(args.rerank)
+                )
                 for position, message in batch.failures.items():
                     name = chunk[position][0]
                     answers[name] = {"query": name, "error": message.strip().splitlines()[0]}
-                distances, positions = index.search(batch.packed, args.top_k, nprobe=args.nprobe)
-                for row, position in enumerate(batch.positions):
+                if not len(batch.positions):
+                    continue
+                found = nearest(
+                    index,
+                    batch.packed,
+                    args.top_k,
+                    continuous=batch.continuous,
+                    rerank=args.rerank,
+                    **options,
+                )
+                for position, results in zip(batch.positions, found, strict=True):
                     name = chunk[position][0]
-                    found = zip(positions[row], distances[row], strict=True)
-                    results = [
-                        {"id": index.ids[found_at], "distance": int(distance)}
-                        for found_at, distance in found
-                        if found_at >= 0  # an ivf index pads with -1 when it finds fewer
-                    ]
                     answers[name] = {"query": name, "results": results}
         except RequestFailed as err:
             raise SystemExit(f"error: {err}") from err
@@ -112,7 +208,39 @@ def _print_table(answers: list[dict]) -> None:
             continue
         print(answer["query"])
         for rank, result in enumerate(answer["results"], start=1):
-            print(f"  {rank:>4}  {result['distance']:>4}  {result['id']}")
+            score = f"  {result['score']:>8.3f}" if "score" in result else ""
+            print(f"  {rank:>4}  {result['distance']:>4}{score}  {result['id']}")
+
+
+def _load_index(path: str) -> HammingIndex:
+    try:
+        return HammingIndex.load(path)
+    except (ValueError, FileNotFoundError) as err:
+        raise SystemExit(f"error: --index {path}: {err}") from err
+
+
+def _load_codes(path: str) -> StoredCodes:
+    try:
+        stored = load_codes_file(path)
+    except (ValueError, FileNotFoundError) as err:
+        raise SystemExit(f"error: --codes {path}: {err}") from err
+    if len(stored.ids) == 0:
+        raise SystemExit(f"error: --codes {path} holds no codes; nothing to index.")
+    return stored
+
+
+def _add_search_options(parser: argparse.ArgumentParser, default: str) -> None:
+    parser.add_argument(
+        "--nprobe", type=positive(int), help=f"ivf: cells scanned per query ({default})"
+    )
+    parser.add_argument(
+        "--ef-search", type=positive(int), help=f"hnsw: search beam width ({default})"
+    )
+    parser.add_argument(
+        "--nflip",
+        type=positive(int, allow_zero=True),
+        help=f"multihash: bits flipped per substring probe ({default})",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -133,17 +261,23 @@ def main(argv: list[str] | None = None) -> int:
         "--kind",
         choices=INDEX_KINDS,
         default="flat",
-        help="flat: exact Hamming ranking, linear in the collection; ivf: sub-linear "
-        "(binary k-means cells), approximate (default: flat)",
+        help="flat: exact Hamming ranking, linear in the collection; ivf: binary k-means "
+        "cells, approximate; hnsw: a neighbour graph, approximate; multihash: multi-index "
+        "hashing, exact within Hamming radius nhash*(nflip+1)-1 (default: flat)",
     )
     build_parser.add_argument(
         "--nlist", type=positive(int), help="ivf: number of cells (default: about sqrt(N))"
     )
     build_parser.add_argument(
-        "--nprobe",
-        type=positive(int),
-        help="ivf: cells scanned per query, saved with the index (default: nlist / 16)",
+        "--neighbours", type=positive(int), help="hnsw: links per code (default: 16)"
     )
+    build_parser.add_argument(
+        "--nhash",
+        type=positive(int),
+        help="multihash: hash tables, one per substring (default: substrings of about "
+        "log2(N) bits)",
+    )
+    _add_search_options(build_parser, "saved with the index")
     query_parser = commands.add_parser("query", help="search the index with images")
     query_parser.add_argument("--index", required=True, help="index written by `build`")
     add_endpoint_arguments(query_parser)
@@ -151,8 +285,14 @@ def main(argv: list[str] | None = None) -> int:
     query_parser.add_argument(
         "--top-k", type=positive(int), default=10, help="results per query (default: 10)"
     )
+    _add_search_options(query_parser, "default: the index's own")
     query_parser.add_argument(
-        "--nprobe", type=positive(int), help="ivf: cells to scan (default: the index's own)"
+        "--rerank",
+        type=positive(int),
+        metavar="N",
+        help="re-rank the N nearest by Hamming distance by the inner product of the "
+        "query's continuous code with each item's binary code (asymmetric distance); "
+        "results then carry a score",
     )
     query_parser.add_argument(
         "--json",
@@ -161,8 +301,23 @@ def main(argv: list[str] | None = None) -> int:
         "for an image that cannot be read or decoded",
     )
     add_retry_arguments(query_parser, deadline=30.0, retries=3)
+    add_parser = commands.add_parser("add", help="add the codes of new ids to an index")
+    add_parser.add_argument("--index", required=True, help="index written by `build`")
+    add_parser.add_argument(
+        "--codes", required=True, help="codes file written by python -m serving.encode"
+    )
+    add_parser.add_argument(
+        "--new-only",
+        action="store_true",
+        help="add only the ids the index lacks (e.g. the codes file of serving.encode "
+        "--resume after the collection grew); without it, ids already indexed are refused",
+    )
+    remove_parser = commands.add_parser("remove", help="remove ids from an index")
+    remove_parser.add_argument("--index", required=True, help="index written by `build`")
+    remove_parser.add_argument("--ids", required=True, nargs="+", help="ids to remove")
     args = parser.parse_args(argv)
-    return build(args) if args.command == "build" else query(args)
+    commands = {"build": build, "add": add, "remove": remove, "query": query}
+    return commands[args.command](args)
 
 
 if __name__ == "__main__":

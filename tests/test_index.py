@@ -134,7 +134,7 @@ def test_bad_input_is_rejected_with_what_was_received():
     with pytest.raises(ValueError, match="between 1 and the number of codes"):
         HammingIndex.build(packed, ids, "ivf", nlist=21)
     index = HammingIndex.build(packed, ids)
-    with pytest.raises(ValueError, match="Queries have 32 bits but the index holds 16"):
+    with pytest.raises(ValueError, match="Codes of 32 bits but the index holds 16"):
         index.search(pack(random_codes(2, 32, 1)))
     with pytest.raises(ValueError, match="k"):
         index.search(packed, k=0)
@@ -222,7 +222,7 @@ def test_add_and_remove_refuse_bad_ids_and_change_nothing(tmp_path):
         index.add(pack(codes[:3]), ["new", "3", "7"])
     with pytest.raises(ValueError, match="unique"):
         index.add(pack(codes[:2]), ["new", "new"])
-    with pytest.raises(ValueError, match="Queries have 32 bits but the index holds 16"):
+    with pytest.raises(ValueError, match="Codes of 32 bits but the index holds 16"):
         index.add(pack(random_codes(1, 32, 0)), ["new"])
     with pytest.raises(ValueError, match=r"1 ids are not in the index.*'nope'"):
         index.remove(["3", "nope"])

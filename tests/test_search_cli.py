@@ -32,10 +32,17 @@ def stored_codes(path):
         return archive["ids"].tolist(), archive["codes"]
 
 
-@pytest.mark.parametrize("kind", ["flat", "ivf"])
+BUILD_OPTIONS = {
+    "flat": [],
+    "ivf": ["--nlist", "2", "--nprobe", "2"],
+    "hnsw": ["--ef-search", "64"],
+}
+
+
+@pytest.mark.parametrize("kind", sorted(BUILD_OPTIONS))
 def test_build_indexes_every_code_under_its_id(encoded_folder, tmp_path, kind, capsys):
     _, codes_file = encoded_folder
-    options = ["--nlist", "2", "--nprobe", "2"] if kind == "ivf" else []
+    options = BUILD_OPTIONS[kind]
     index_file = tmp_path / "harr.faiss"
     command = ["build", "--codes", str(codes_file), "--index", str(index_file), "--kind", kind]
     assert search_main([*command, *options]) == 0
@@ -45,7 +52,7 @@ def test_build_indexes_every_code_under_its_id(encoded_folder, tmp_path, kind, c
     assert (index.kind, index.ids, index.bits) == (kind, ids, 16)
     distances, _ = index.search(np.packbits(codes > 0, axis=1), k=COUNT)
     expected = np.sort(hamming_distances(codes, codes), axis=1)
-    np.testing.assert_array_equal(distances, expected)  # every cell probed: exact
+    np.testing.assert_array_equal(distances, expected)  # every cell, every node: exact
 
 
 def test_query_prints_nearest_ids_with_hamming_distances(
@@ -118,3 +125,102 @@ def test_build_errors_name_the_input(tmp_path):
         search_main(["build", "--codes", str(tmp_path / "none.npz"), "--index", index_file])
     with pytest.raises(SystemExit, match="No index file"):
         search_main(["query", "--index", index_file, "--server", "127.0.0.1:1", "x.png"])
+
+
+def test_query_rerank_orders_the_hamming_top_n_by_the_continuous_code(
+    grpc_server, encoded_folder, tmp_path, capsys
+):
+    from serving.client import ServingClient
+
+    folder, codes_file = encoded_folder
+    index_file = tmp_path / "harr.faiss"
+    search_main(["build", "--codes", str(codes_file), "--index", str(index_file)])
+    ids, codes = stored_codes(codes_file)
+    query = folder / "11.png"
+    with ServingClient(grpc_server) as client:
+        h = client.encode([query.read_bytes()], continuous=True).continuous[0]
+    command = ["query", "--index", str(index_file), "--server", grpc_server, "--json"]
+    capsys.readouterr()
+    # N = the whole collection: the re-ranked list is the full asymmetric ranking.
+    assert search_main([*command, "--top-k", "6", "--rerank", str(COUNT), str(query)]) == 0
+    results = json.loads(capsys.readouterr().out)[0]["results"]
+    scores = codes.astype(np.float64) @ h
+    expected = np.lexsort((np.arange(COUNT), -scores))[:6]
+    assert [r["id"] for r in results] == [ids[i] for i in expected]
+    np.testing.assert_allclose([r["score"] for r in results], scores[expected], rtol=1e-5)
+    truth = hamming_distances(codes[[ids.index("11.png")]], codes)[0]
+    assert [r["distance"] for r in results] == truth[expected].tolist()
+    # N = 8: only the 8 nearest by Hamming distance are candidates.
+    assert search_main([*command, "--top-k", "3", "--rerank", "8", str(query)]) == 0
+    results = json.loads(capsys.readouterr().out)[0]["results"]
+    hamming_top = np.lexsort((np.arange(COUNT), truth))[:8]
+    expected = hamming_top[np.lexsort((hamming_top, -scores[hamming_top]))][:3]
+    assert [r["id"] for r in results] == [ids[i] for i in expected]
+    with pytest.raises(SystemExit, match="--rerank 2 must be at least --top-k 3"):
+        search_main([*command, "--top-k", "3", "--rerank", "2", str(query)])
+
+
+def write_codes(path, ids, codes):
+    np.savez(path, ids=np.array(ids), codes=codes, packed=np.packbits(codes > 0, axis=1))
+
+
+def index_files(index_file):
+    return index_file.read_bytes(), (index_file.parent / f"{index_file.name}.ids.json").read_bytes()
+
+
+def test_encode_resume_output_feeds_add_new_only(grpc_server, encoded_folder, tmp_path, capsys):
+    folder, full_codes = encoded_folder
+    grown = tmp_path / "images"
+    grown.mkdir()
+    for name in sorted(p.name for p in folder.iterdir())[:20]:
+        (grown / name).write_bytes((folder / name).read_bytes())
+    codes_file, index_file = tmp_path / "codes.npz", tmp_path / "harr.faiss"
+    endpoint = ["--server", grpc_server, "--input", str(grown), "--out", str(codes_file)]
+    assert encode_main(endpoint) == 0
+    assert search_main(["build", "--codes", str(codes_file), "--index", str(index_file)]) == 0
+    for name in sorted(p.name for p in folder.iterdir())[20:]:  # the collection grows
+        (grown / name).write_bytes((folder / name).read_bytes())
+    assert encode_main([*endpoint, "--resume"]) == 0
+    before = index_files(index_file)
+    add = ["add", "--index", str(index_file), "--codes", str(codes_file)]
+    with pytest.raises(SystemExit, match="20 of the ids are already in the index.*--new-only"):
+        search_main(add)
+    assert index_files(index_file) == before
+    capsys.readouterr()
+    assert search_main([*add, "--new-only"]) == 0
+    assert "Added 10 codes (20 already indexed)" in capsys.readouterr().out
+    index = HammingIndex.load(index_file)
+    ids, codes = stored_codes(full_codes)
+    assert sorted(index.ids) == sorted(ids)
+    order = [ids.index(item) for item in index.ids]
+    np.testing.assert_array_equal(index.codes(), np.packbits(codes[order] > 0, axis=1))
+
+
+def test_add_and_remove_refuse_bad_input_and_lose_nothing(encoded_folder, tmp_path, capsys):
+    _, codes_file = encoded_folder
+    index_file = tmp_path / "harr.faiss"
+    search_main(["build", "--codes", str(codes_file), "--index", str(index_file)])
+    ids, codes = stored_codes(codes_file)
+    before = index_files(index_file)
+    other_model = tmp_path / "other.npz"
+    write_codes(other_model, ids[:3] + ["new.png"], -codes[:4])
+    with pytest.raises(SystemExit, match="3 ids already in .* have other codes there"):
+        search_main(["add", "--index", str(index_file), "--codes", str(other_model), "--new-only"])
+    longer = tmp_path / "longer.npz"
+    write_codes(longer, ["new.png"], np.ones((1, 32), np.int8))
+    with pytest.raises(SystemExit, match="Codes of 32 bits but the index holds 16-bit"):
+        search_main(["add", "--index", str(index_file), "--codes", str(longer)])
+    with pytest.raises(SystemExit, match=r"1 ids are not in the index.*'gone.png'"):
+        search_main(["remove", "--index", str(index_file), "--ids", ids[0], "gone.png"])
+    assert index_files(index_file) == before
+
+    capsys.readouterr()
+    assert search_main(["remove", "--index", str(index_file), "--ids", ids[0], ids[5]]) == 0
+    assert f"Removed 2 codes from {index_file}, which holds {COUNT - 2}" in capsys.readouterr().out
+    index = HammingIndex.load(index_file)
+    assert index.ids == [item for item in ids if item not in (ids[0], ids[5])]
+    write_codes(tmp_path / "back.npz", [ids[5]], codes[[5]])
+    assert (
+        search_main(["add", "--index", str(index_file), "--codes", str(tmp_path / "back.npz")]) == 0
+    )
+    assert HammingIndex.load(index_file).ids[-1] == ids[5]
