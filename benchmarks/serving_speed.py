@@ -7,9 +7,10 @@
    with `serving.client` at each batch size and concurrency. The methods take turns, repeat
    by repeat, so machine noise hits them alike; each cell is the median of the repeats.
 2. Latency (p50 / p99) of one-image requests, sequential, next to one in-process call.
-3. Search: queries over random packed codes (or, with --codes-file, held-out real codes
-   over the rest) with the exact index (`IndexBinaryFlat`) and the sub-linear one
-   (`IndexBinaryIVF`) at several `nprobe`, with recall@10 against exact.
+3. Search: queries over random packed codes at each --codes size (or, with --codes-file,
+   held-out real codes over the rest) with every kind of `harr_tf.index`: flat (exact),
+   ivf at several nprobe, hnsw at several ef_search, multihash at several nflip. Build
+   time, search time, memory (the serialized index) and recall@10 against exact.
 """
 
 from __future__ import annotations
@@ -148,45 +149,64 @@ def search_table(args: argparse.Namespace) -> None:
     if args.codes_file:  # real codes: held-out items of the collection query the rest
         with np.load(args.codes_file) as archive:
             packed = archive["packed"][rng.permutation(len(archive["packed"]))]
-        queries, database = packed[: args.queries], packed[args.queries :]
-        described = f"{len(database):,} codes of {args.codes_file} ({packed.shape[1] * 8} bits)"
+        cases = [(packed[args.queries :], packed[: args.queries], f"codes of {args.codes_file}")]
     else:
-        database = rng.integers(0, 256, (args.codes, args.code_bits // 8), dtype=np.uint8)
         queries = rng.integers(0, 256, (args.queries, args.code_bits // 8), dtype=np.uint8)
-        described = f"{args.codes:,} random {args.code_bits}-bit codes"
+        cases = [
+            (rng.integers(0, 256, (count, args.code_bits // 8), dtype=np.uint8), queries, "random")
+            for count in args.codes
+        ]
+    for database, queries, described in cases:
+        print(
+            f"\nSearch: {len(queries):,} queries, top 10, over {len(database):,} "
+            f"{database.shape[1] * 8}-bit {described}, {args.threads} FAISS threads"
+        )
+        print("| index | build (s) | search (s) | memory (MB) | recall@10 (ids) |", end=" ")
+        print("recall@10 (distance) |\n|---|---:|---:|---:|---:|---:|")
+        for row in search_rows(args, database, queries):
+            print("| {} | {:.1f} | {:.3f} | {:.1f} | {:.3f} | {:.3f} |".format(*row))
+        sys.stdout.flush()
+
+
+def search_rows(args: argparse.Namespace, database: np.ndarray, queries: np.ndarray):
+    """(name, build s, search s, MB, recall by ids, recall by distance) of each index kind
+    and search option, the exact flat index first (its own reference)."""
     ids = [str(index) for index in range(len(database))]
-    rows = []
-    start = time.perf_counter()
-    exact = HammingIndex.build(database, ids)
-    built = time.perf_counter() - start
-    exact_d, exact_p = exact.search(queries, 10)  # warm-up, and the reference
-    start = time.perf_counter()
-    exact.search(queries, 10)
-    rows.append(("flat (exact)", built, time.perf_counter() - start, 1.0, 1.0))
-    start = time.perf_counter()
-    ivf = HammingIndex.build(database, ids, "ivf", nlist=args.nlist)
-    built = time.perf_counter() - start
-    for nprobe in args.nprobe:
+    sweeps = [("flat", {}, "", [None]), ("ivf", {"nlist": args.nlist}, "nprobe", args.nprobe)]
+    if len(database) <= args.hnsw_max_codes:
+        sweeps.append(("hnsw", {}, "ef_search", args.ef_search))
+    else:
+        print(f"(hnsw skipped: more than --hnsw-max-codes {args.hnsw_max_codes:,} codes)")
+    sweeps.append(("multihash", {}, "nflip", args.nflip))
+    exact_d = exact_p = None
+    for kind, options, knob, values in sweeps:
         start = time.perf_counter()
-        found_d, found_p = ivf.search(queries, 10, nprobe=nprobe)
-        seconds = time.perf_counter() - start
-        same_ids = np.mean(
-            [len(set(a) & set(b)) / 10 for a, b in zip(exact_p, found_p, strict=True)]
-        )
-        # Random codes tie a lot at the 10th distance: any code found at most that far is as
-        # near as an exact neighbour.
-        as_near = np.mean((found_d <= exact_d[:, -1:]) & (found_p >= 0))
-        rows.append(
-            (f"ivf nlist={ivf.index.nlist} nprobe={nprobe}", built, seconds, same_ids, as_near)
-        )
-    print(
-        f"\nSearch: {len(queries):,} queries, top 10, over {described}, "
-        f"{args.threads} FAISS threads"
-    )
-    print("| index | build (s) | search (s) | recall@10 (ids) | recall@10 (distance) |")
-    print("|---|---:|---:|---:|---:|")
-    for name, build_s, search_s, same_ids, as_near in rows:
-        print(f"| {name} | {build_s:.1f} | {search_s:.3f} | {same_ids:.3f} | {as_near:.3f} |")
+        index = HammingIndex.build(database, ids, kind, **options)
+        built = time.perf_counter() - start
+        megabytes = faiss.serialize_index_binary(index.index).nbytes / 2**20
+        for value in values:
+            search_options = {knob: value} if knob else {}
+            index.search(queries[:10], 10, **search_options)  # warm-up
+            start = time.perf_counter()
+            found_d, found_p = index.search(queries, 10, **search_options)
+            seconds = time.perf_counter() - start
+            if exact_d is None:
+                exact_d, exact_p = found_d, found_p
+            same_ids = np.mean(
+                [len(set(a) & set(b)) / 10 for a, b in zip(exact_p, found_p, strict=True)]
+            )
+            # Random codes tie a lot at the 10th distance: any code found at most that far
+            # is as near as an exact neighbour.
+            as_near = np.mean((found_d <= exact_d[:, -1:]) & (found_p >= 0))
+            names = {
+                "flat": "flat (exact)",
+                "ivf": f"ivf nlist={getattr(index.index, 'nlist', '')} nprobe={value}",
+                "hnsw": f"hnsw ef_search={value}",
+                "multihash": f"multihash nhash={getattr(index.index, 'nhash', 0)} nflip={value}"
+                f" (exact <= {getattr(index.index, 'nhash', 0) * ((value or 0) + 1) - 1})",
+            }
+            yield names[kind], built, seconds, megabytes, same_ids, as_near
+        del index
 
 
 def main() -> None:
@@ -204,7 +224,9 @@ def main() -> None:
     parser.add_argument("--concurrency", type=numbers, default=[1, 4], help="e.g. 1,4")
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats per cell")
     parser.add_argument("--latency-requests", type=int, default=300, help="one-image requests")
-    parser.add_argument("--codes", type=int, default=1_000_000, help="codes in the search index")
+    parser.add_argument(
+        "--codes", type=numbers, default=[1_000_000], help="random codes indexed, e.g. 10000,100000"
+    )
     parser.add_argument("--code-bits", type=int, default=64, help="bits of the random codes")
     parser.add_argument("--queries", type=int, default=1000, help="search queries")
     parser.add_argument(
@@ -214,6 +236,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="FAISS threads (cores)")
     parser.add_argument("--nlist", type=int, default=None, help="ivf cells (default: about √n)")
     parser.add_argument("--nprobe", type=numbers, default=[8, 32, 128], help="ivf cells scanned")
+    parser.add_argument("--ef-search", type=numbers, default=[16, 64, 256], help="hnsw beam widths")
+    parser.add_argument("--nflip", type=numbers, default=[0, 1, 2], help="multihash bits flipped")
+    parser.add_argument(
+        "--hnsw-max-codes", type=int, default=1_000_000, help="skip hnsw above this many codes"
+    )
     parser.add_argument(
         "--only", choices=["grpc", "search"], help="run one part only (default: both)"
     )
