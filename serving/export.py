@@ -4,9 +4,13 @@
 
 writes `models/harr/<version>/` (the next free integer unless `--version` is given)
 with the `serving_default` (image bytes) and `encode_pixels` signatures, warm-up
-requests in `assets.extra/` and a metadata file. The version is built in a
-temporary directory whose name is not an integer, then renamed into place, so a
-server polling the base path never sees a half-written version.
+requests in `assets.extra/` and a metadata file, through `keras.export.ExportArchive`
+so that TF Serving's session-based loader restores every variable; the export is
+checked by loading it that same way. The version is built in a temporary directory
+whose name is not an integer (`.export-HOST-PID-*`), then renamed into place, so a
+server polling the base path never sees a half-written version; the next export
+removes such directories that a killed exporter left behind.
+`--write-model-config F` adds the model to TF Serving's `--model_config_file`.
 """
 
 from __future__ import annotations
@@ -17,7 +21,9 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import tempfile
+import time
 from pathlib import Path
 
 import keras
@@ -37,11 +43,17 @@ from serving import (
     WARMUP_FILE,
 )
 from serving.layout import next_version, version_directories
-from serving.signatures import EncoderServingModule
+from serving.model_config import add_model_to_config
+from serving.session_bundle import SessionBundle
+from serving.signatures import EncoderServingGraph
 
 CONFIG_FILE = "config.yaml"
 ENCODER_FILE = "encoder.keras"
 _CHECK_TOLERANCE = 1e-4
+STAGING_PREFIX = ".export-"
+# A staging directory of another host (whose exporter cannot be asked) is taken as
+# abandoned once this old; a day is far longer than any export takes.
+STALE_STAGING_SECONDS = 24 * 3600
 
 
 def run_code_lengths(run_dir: str | Path) -> list[int]:
@@ -115,20 +127,22 @@ def export_encoder(
             f"version, or omit --version to use the next free one ({next_version(base)})."
         )
     base.mkdir(parents=True, exist_ok=True)
-    module = EncoderServingModule(encoder)
-    staging = Path(tempfile.mkdtemp(prefix=".export-", dir=base))
+    remove_stale_staging(base)
+    graph = EncoderServingGraph(encoder)
+    prefix = f"{STAGING_PREFIX}{socket.gethostname()}-{os.getpid()}-"
+    staging = Path(tempfile.mkdtemp(prefix=prefix, dir=base))
     staging.chmod(0o755)  # mkdtemp's is private; a server running as another user reads it
     stages = tqdm(total=4, desc="Exporting", unit="stage", disable=not progress)
     try:
         stages.set_postfix_str("tracing and saving the signatures")
-        tf.saved_model.save(module, str(staging), signatures=module.signatures())
+        graph.archive().write_out(str(staging), verbose=False)
         stages.update()
         stages.set_postfix_str("warm-up requests and metadata")
-        _write_warmup_requests(staging / WARMUP_FILE, base.name, module.image_shape)
-        _write_metadata(staging / METADATA_FILE, module, config or {})
+        _write_warmup_requests(staging / WARMUP_FILE, base.name, graph.image_shape)
+        _write_metadata(staging / METADATA_FILE, graph, config or {})
         stages.update()
-        stages.set_postfix_str("checking the saved signatures")
-        _check_export(staging, encoder, module.image_shape)
+        stages.set_postfix_str("checking the saved signatures with TF Serving's loader")
+        _check_export(staging, encoder, graph.image_shape)
         stages.update()
         version = next_version(base) if version is None else version
         target = base / str(version)
@@ -144,6 +158,39 @@ def export_encoder(
     finally:
         stages.close()
     return target
+
+
+def _staging_owner(name: str) -> tuple[str, int] | None:
+    """(host, pid) of the exporter that named a staging directory, if the name says."""
+    host, _, rest = name.removeprefix(STAGING_PREFIX).rpartition("-")[0].rpartition("-")
+    return (host, int(rest)) if host and rest.isdigit() else None
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def remove_stale_staging(base_path: str | Path) -> list[Path]:
+    """Removes the staging directories under `base_path` that no exporter is writing:
+    those of a dead process on this host, and any older than `STALE_STAGING_SECONDS`
+    (another host's, or unnamed). Returns what it removed."""
+    removed = []
+    for entry in Path(base_path).glob(f"{STAGING_PREFIX}*"):
+        owner = _staging_owner(entry.name)
+        if owner is not None and owner[0] == socket.gethostname():
+            stale = not _process_alive(owner[1])
+        else:
+            stale = time.time() - entry.stat().st_mtime > STALE_STAGING_SECONDS
+        if stale and entry.is_dir():
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(entry)
+    return removed
 
 
 def export_run(
@@ -186,10 +233,10 @@ def _write_warmup_requests(path: Path, model_name: str, shape: tuple[int, int, i
             writer.write(log.SerializeToString())
 
 
-def _write_metadata(path: Path, module: EncoderServingModule, config: dict) -> None:
-    height, width, channels = module.image_shape
+def _write_metadata(path: Path, graph: EncoderServingGraph, config: dict) -> None:
+    height, width, channels = graph.image_shape
     metadata = {
-        "bits": module.bits,
+        "bits": graph.bits,
         "image_size": [height, width],
         "channels": channels,
         "dataset": config.get("dataset"),
@@ -203,18 +250,26 @@ def _write_metadata(path: Path, module: EncoderServingModule, config: dict) -> N
 
 
 def _check_export(directory: Path, encoder: keras.Model, shape: tuple[int, int, int]) -> None:
-    """Reloads the SavedModel and compares one image's codes with the in-memory encoder."""
-    loaded = tf.saved_model.load(str(directory))
-    served = loaded.signatures[IMAGES_SIGNATURE](
-        **{IMAGES_INPUT: tf.constant([example_image(shape)])}
-    )
-    expected = keras.ops.convert_to_numpy(encoder(np.full((1, *shape), 128.0, np.float32)))
-    difference = np.abs(served["continuous"].numpy() - expected).max()
-    if difference > _CHECK_TOLERANCE:
-        raise RuntimeError(
-            f"The exported model disagrees with the in-memory encoder by {difference:.2g} "
-            "on a test image; nothing was published."
-        )
+    """Loads the SavedModel as TF Serving does (session, restore op) and compares both
+    signatures' outputs on one image with the in-memory encoder's."""
+    pixels = np.full((1, *shape), 128.0, np.float32)
+    expected = keras.ops.convert_to_numpy(encoder(pixels))
+    inputs = {
+        IMAGES_SIGNATURE: {IMAGES_INPUT: np.array([example_image(shape)], object)},
+        PIXELS_SIGNATURE: {PIXELS_INPUT: pixels},
+    }
+    bundle = SessionBundle(directory)
+    try:
+        for signature, feeds in inputs.items():
+            served = bundle.run(signature, feeds, ["continuous"])["continuous"]
+            difference = np.abs(served - expected).max()
+            if difference > _CHECK_TOLERANCE:
+                raise RuntimeError(
+                    f"The exported {signature} disagrees with the in-memory encoder by "
+                    f"{difference:.2g} on a test image; nothing was published."
+                )
+    finally:
+        bundle.close()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -240,6 +295,13 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         help="version number, a non-negative integer not yet used; default: the next free one",
     )
+    parser.add_argument(
+        "--write-model-config",
+        metavar="FILE",
+        help="add (or update) this model in TF Serving's ModelServerConfig text file FILE, "
+        "for tensorflow_model_server --model_config_file and serving.server "
+        "--model-config-file",
+    )
     args = parser.parse_args(argv)
     if args.version is not None and args.version < 0:
         parser.error(f"--version must be a non-negative integer. Received: {args.version}")
@@ -258,6 +320,12 @@ def main(argv: list[str] | None = None) -> int:
         f"Exported the {metadata['bits']}-bit encoder of {args.run_dir} to {target} "
         f"(signatures {IMAGES_SIGNATURE}: {IMAGES_INPUT}, {PIXELS_SIGNATURE}: {PIXELS_INPUT})"
     )
+    if args.write_model_config:
+        try:
+            add_model_to_config(args.write_model_config, target.parent.name, target.parent)
+        except ValueError as error:
+            raise SystemExit(f"error: {error}") from error
+        print(f"Model {target.parent.name} is in {args.write_model_config}")
     return 0
 
 

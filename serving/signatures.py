@@ -26,8 +26,8 @@ def pack_codes(codes: tf.Tensor) -> tf.Tensor:
     return tf.reduce_sum(ones * tf.constant(_BIT_WEIGHTS, tf.uint8), axis=-1)
 
 
-class EncoderServingModule(tf.Module):
-    """A `tf.Module` whose two `tf.function`s become the SavedModel's signatures.
+class EncoderServingGraph:
+    """The two signature functions around `encoder`, and the export archive holding them.
 
     `encode_images` takes encoded JPEG/PNG/BMP/GIF/WebP bytes `(batch,)`;
     `encode_pixels` takes float32 pixels `(batch, H, W, C)` in [0, 255]. Both return
@@ -40,23 +40,33 @@ class EncoderServingModule(tf.Module):
     """
 
     def __init__(self, encoder: keras.Model) -> None:
-        super().__init__(name="harr_serving")
         self.encoder = encoder
         height, width, channels = (int(size) for size in encoder.input_shape[1:])
         self.image_shape = (height, width, channels)
         self.bits = int(encoder.output_shape[-1])
-        self.encode_images = tf.function(
+
+    def archive(self) -> keras.export.ExportArchive:
+        """Both signatures in a `keras.export.ExportArchive` that tracks the encoder.
+
+        Tracking puts every encoder variable in the SavedModel's checkpoint under the
+        SaverDef's restore op, which TF Serving's session-based loader runs; a plain
+        `tf.Module` around a Keras 3 model does not (keras-team/keras#20096).
+        """
+        archive = keras.export.ExportArchive()
+        archive.track(self.encoder)
+        archive.add_endpoint(
+            IMAGES_SIGNATURE,
             self._encode_images,
             input_signature=[tf.TensorSpec([None], tf.string, name=IMAGES_INPUT)],
-            jit_compile=False,
         )
-        self.encode_pixels = tf.function(
+        archive.add_endpoint(
+            PIXELS_SIGNATURE,
             self._encode_pixels,
             input_signature=[
                 tf.TensorSpec([None, *self.image_shape], tf.float32, name=PIXELS_INPUT)
             ],
-            jit_compile=False,
         )
+        return archive
 
     def _encode_images(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
         pixels = tf.map_fn(
@@ -94,10 +104,3 @@ class EncoderServingModule(tf.Module):
         )
         codes = sign_codes(continuous)
         return {"codes": codes, "packed": pack_codes(codes), "continuous": continuous}
-
-    def signatures(self) -> dict[str, tf.types.experimental.ConcreteFunction]:
-        """`{signature key: concrete function}` for `tf.saved_model.save`."""
-        return {
-            IMAGES_SIGNATURE: self.encode_images.get_concrete_function(),
-            PIXELS_SIGNATURE: self.encode_pixels.get_concrete_function(),
-        }

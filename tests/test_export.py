@@ -3,10 +3,12 @@ encoder's from a fresh process, the training preprocessing in the graph, atomic 
 
 import hashlib
 import json
+import os
 import re
+import socket
 import subprocess
 import sys
-import textwrap
+import time
 from pathlib import Path
 
 import keras
@@ -20,8 +22,12 @@ from tensorflow_serving.apis import prediction_log_pb2
 
 from harr_tf.data import load_dataset
 from harr_tf.encoder import encode_images
-from serving import METADATA_FILE, WARMUP_FILE, export
+from serving import METADATA_FILE, OUTPUTS, WARMUP_FILE, export
 from serving.layout import servable_versions
+from serving.model_registry import LoadedVersion
+from serving.session_bundle import SessionBundle
+
+COLOUR_SHAPE = (24, 24, 3)
 
 
 @pytest.fixture(scope="module")
@@ -72,95 +78,130 @@ def test_saved_model_cli_shows_both_signatures(exported_base):
     assert not [f.signature.name for f in functions if f.attr["_XlaMustCompile"].b]
 
 
-FRESH_PROCESS_SCRIPT = textwrap.dedent(
-    """
-    import sys
-    import numpy as np
-    import tensorflow as tf
-
-    directory, inputs_dir, out_file = sys.argv[1:]
-    model = tf.saved_model.load(directory)
-    pixels = np.load(f"{inputs_dir}/pixels.npy")
-    encoded = [open(f"{inputs_dir}/{i}.png", "rb").read() for i in range(len(pixels))]
-    results = {}
-    for batch in (3, 8):
-        for signature, data in (("serving_default", encoded), ("encode_pixels", pixels)):
-            key = "images" if signature == "serving_default" else "pixels"
-            parts = [
-                model.signatures[signature](**{key: tf.constant(data[start : start + batch])})
-                for start in range(0, len(data), batch)
-            ]
-            for output in ("codes", "packed", "continuous"):
-                joined = np.concatenate([part[output].numpy() for part in parts])
-                results[f"{signature}_{batch}_{output}"] = joined
-    empty = model.signatures["serving_default"](images=tf.constant([], tf.string))
-    for output, value in empty.items():
-        results[f"empty_{output}"] = value.numpy()
-    np.savez(out_file, **results)
-    """
-)
+@pytest.fixture(scope="module")
+def colour_model(tmp_path_factory):
+    """(encoder, version directory) of a 24×24×3 tiny run exported once for the module."""
+    run = make_tiny_run(tmp_path_factory.mktemp("colour_run"), shape=COLOUR_SHAPE, seed=2)
+    encoder, _ = export.load_run_encoder(run)
+    return encoder, export.export_encoder(encoder, tmp_path_factory.mktemp("colour") / "harr")
 
 
-def test_fresh_process_gives_the_in_memory_codes_at_two_batch_sizes(
-    exported_base, encoder, tmp_path
+@pytest.fixture(scope="module", params=["grey", "colour"])
+def served_model(request, encoder, exported_base, colour_model):
+    """(encoder, version directory, image shape) of the grey and the colour export."""
+    if request.param == "grey":
+        return encoder, exported_base / "1", TINY_SHAPE
+    return (*colour_model, COLOUR_SHAPE)
+
+
+BATCHES = (0, 1, 64)
+
+
+def signature_inputs(shape) -> dict[str, tuple[str, object]]:
+    """`{signature: (input alias, all 64 inputs)}`: PNG files (Pillow's) and float pixels."""
+    images = sample_images(64, shape, seed=7)  # not the images the encoders were fitted on
+    return {
+        "serving_default": ("images", np.array(encoded_images(images), object)),
+        "encode_pixels": ("pixels", images.astype(np.float32)),
+    }
+
+
+def assert_outputs_equal_the_encoder(outputs, encoder, shape, batch, context):
+    images = sample_images(64, shape, seed=7)[:batch]
+    bits = encoder.output_shape[-1]
+    assert outputs["codes"].dtype == np.int8 and outputs["codes"].shape == (batch, bits), context
+    assert outputs["packed"].dtype == np.uint8, context
+    assert outputs["continuous"].shape == (batch, bits), context
+    if batch == 0:
+        assert outputs["packed"].shape == (0, bits // 8), context
+        return
+    codes = encode_images(encoder, images)
+    assert len({tuple(code) for code in codes}) > min(batch, 3) - 1  # codes tell images apart
+    np.testing.assert_array_equal(outputs["codes"], codes, err_msg=context)
+    np.testing.assert_array_equal(outputs["packed"], np.packbits(codes > 0, axis=1), context)
+    expected = keras.ops.convert_to_numpy(encoder(images.astype(np.float32)))
+    np.testing.assert_allclose(outputs["continuous"], expected, rtol=0, atol=1e-5, err_msg=context)
+
+
+def test_tf1_session_loader_gives_the_in_memory_codes(served_model):
+    """What TF Serving does: import the graph, run the restore op, run tensors by name."""
+    encoder, directory, shape = served_model
+    bundle = SessionBundle(directory)
+    for signature, (alias, inputs) in signature_inputs(shape).items():
+        for batch in BATCHES:
+            outputs = bundle.run(signature, {alias: inputs[:batch]})
+            assert_outputs_equal_the_encoder(outputs, encoder, shape, batch, (signature, batch))
+    bundle.close()
+
+
+# Each `saved_model_cli` process spends seconds importing TensorFlow: the empty batch (the
+# guard around the encoder) and a full one per signature and model, all run at once;
+# the session loader above covers batch 1 as well.
+CLI_BATCHES = (0, 64)
+
+
+def test_saved_model_cli_run_gives_the_in_memory_codes(
+    encoder, exported_base, colour_model, tmp_path
 ):
-    images = sample_images(11, seed=7)  # not the images the tiny encoder was fitted on
-    np.save(tmp_path / "pixels.npy", images.astype(np.float32))
-    for position, encoded in enumerate(encoded_images(images)):
-        (tmp_path / f"{position}.png").write_bytes(encoded)
-    (tmp_path / "reload.py").write_text(FRESH_PROCESS_SCRIPT)
-    reload = subprocess.run(
-        [sys.executable, str(tmp_path / "reload.py"), str(exported_base / "1")]
-        + [str(tmp_path), str(tmp_path / "out.npz")],
-        capture_output=True,
-        text=True,
-    )
-    assert reload.returncode == 0, reload.stderr[-3000:]
-    served = np.load(tmp_path / "out.npz")
-    expected_codes = encode_images(encoder, images)
-    expected_continuous = keras.ops.convert_to_numpy(encoder(images.astype(np.float32)))
-    assert len({tuple(code) for code in expected_codes}) > 3  # the codes tell images apart
-    for signature in ("serving_default", "encode_pixels"):
-        for batch in (3, 8):
-            key = f"{signature}_{batch}"
-            assert served[f"{key}_codes"].dtype == np.int8
-            np.testing.assert_array_equal(served[f"{key}_codes"], expected_codes)
-            np.testing.assert_allclose(
-                served[f"{key}_continuous"], expected_continuous, rtol=0, atol=1e-5
-            )
-            packed = np.packbits(expected_codes > 0, axis=1)
-            np.testing.assert_array_equal(served[f"{key}_packed"], packed)
-    assert served["empty_codes"].shape == (0, TINY_BITS)
-    assert served["empty_codes"].dtype == np.int8
-    assert served["empty_packed"].shape == (0, TINY_BITS // 8)
-    assert served["empty_packed"].dtype == np.uint8
-    assert served["empty_continuous"].shape == (0, TINY_BITS)
+    models = {
+        "grey": (encoder, exported_base / "1", TINY_SHAPE),
+        "colour": (*colour_model, COLOUR_SHAPE),
+    }
+    cli = Path(sys.executable).with_name("saved_model_cli")
+    runs = {}
+    for model, (_, directory, shape) in models.items():
+        for signature, (alias, inputs) in signature_inputs(shape).items():
+            for batch in CLI_BATCHES:
+                folder = tmp_path / f"{model}_{signature}_{batch}"
+                folder.mkdir()
+                np.save(folder / "in.npy", inputs[:batch], allow_pickle=True)
+                command = [str(cli), "run", "--dir", str(directory), "--tag_set", "serve"]
+                command += ["--signature_def", signature]
+                command += ["--inputs", f"{alias}={folder / 'in.npy'}"]
+                command += ["--outdir", str(folder / "out")]
+                runs[model, signature, batch] = subprocess.Popen(
+                    command,
+                    env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                )
+    for (model, signature, batch), process in runs.items():
+        _, errors = process.communicate(timeout=600)
+        assert process.returncode == 0, errors[-3000:]
+        out = tmp_path / f"{model}_{signature}_{batch}" / "out"
+        outputs = {name: np.load(out / f"{name}.npy") for name in OUTPUTS}
+        model_encoder, _, shape = models[model]
+        context = (model, signature, batch)
+        assert_outputs_equal_the_encoder(outputs, model_encoder, shape, batch, context)
 
 
 def test_every_format_decodes_to_the_training_pixels(exported_base, encoder):
     """Lossless files of grayscale images give exactly the codes of their pixels; BMP,
     GIF and WebP decode to three channels, which the graph brings back to one."""
     images = sample_images(4, seed=3)
-    model = tf.saved_model.load(str(exported_base / "1"))
+    bundle = SessionBundle(exported_base / "1")
     expected = keras.ops.convert_to_numpy(encoder(images.astype(np.float32)))
     for image_format in ("PNG", "BMP", "GIF", "WEBP"):
         options = {"lossless": True} if image_format == "WEBP" else {}
-        encoded = encoded_images(images, image_format, **options)
-        served = model.signatures["serving_default"](images=tf.constant(encoded))
+        encoded = np.array(encoded_images(images, image_format, **options), object)
+        served = bundle.run("serving_default", {"images": encoded})
         np.testing.assert_array_equal(
-            served["codes"].numpy(), encode_images(encoder, images), err_msg=image_format
+            served["codes"], encode_images(encoder, images), err_msg=image_format
         )
         np.testing.assert_allclose(
-            served["continuous"].numpy(), expected, rtol=0, atol=1e-5, err_msg=image_format
+            served["continuous"], expected, rtol=0, atol=1e-5, err_msg=image_format
         )
-    jpeg = encoded_images(images, "JPEG")  # lossy: it decodes, codes may move a little
-    codes = model.signatures["serving_default"](images=tf.constant(jpeg))["codes"]
-    assert codes.shape == (4, TINY_BITS)
+    jpeg = np.array(encoded_images(images, "JPEG"), object)  # lossy: codes may move a little
+    assert bundle.run("serving_default", {"images": jpeg})["codes"].shape == (4, TINY_BITS)
+    # TF2's object-based loader runs the same export too (what in-process users call).
+    model = tf.saved_model.load(str(exported_base / "1"))
+    codes = model.signatures["serving_default"](images=tf.constant(list(encoded)))["codes"]
+    np.testing.assert_array_equal(codes.numpy(), encode_images(encoder, images))
 
 
-def test_colour_images_of_any_size_match_the_folder_loader(tmp_path):
-    run = make_tiny_run(tmp_path / "run", shape=(24, 24, 3), seed=2)
-    encoder, _ = export.load_run_encoder(run)
+def test_colour_images_of_any_size_match_the_folder_loader(colour_model, tmp_path):
+    encoder, version_dir = colour_model
     folder = tmp_path / "photos"
     folder.mkdir()
     sizes = {"PNG": (24, 24), "JPEG": (40, 30), "BMP": (17, 33), "GIF": (24, 24), "WEBP": (50, 50)}
@@ -170,21 +211,23 @@ def test_colour_images_of_any_size_match_the_folder_loader(tmp_path):
             encoded_images(image[None], image_format)[0]
         )
     dataset = load_dataset(f"folder:{folder}", image_size=24)
-    base = export.export_encoder(encoder, tmp_path / "models" / "harr")
-    model = tf.saved_model.load(str(base))
-    encoded = [(folder / item).read_bytes() for item in dataset.ids]
-    served = model.signatures["serving_default"](images=tf.constant(encoded))
-    np.testing.assert_array_equal(served["codes"].numpy(), encode_images(encoder, dataset.images))
+    pixels = dataset.read(np.arange(dataset.num_items))
+    encoded = np.array([(folder / item).read_bytes() for item in dataset.ids], object)
+    served = SessionBundle(version_dir).run("serving_default", {"images": encoded})
+    np.testing.assert_array_equal(served["codes"], encode_images(encoder, pixels))
     np.testing.assert_allclose(
-        served["continuous"].numpy(),
-        keras.ops.convert_to_numpy(encoder(dataset.images.astype(np.float32))),
+        served["continuous"],
+        keras.ops.convert_to_numpy(encoder(pixels.astype(np.float32))),
         rtol=0,
         atol=1e-5,
     )
 
 
-def test_warmup_requests_and_metadata(exported_base, tiny_run_dir):
-    model = tf.saved_model.load(str(exported_base / "1"))
+def test_warmup_requests_replay_through_the_session_and_metadata(
+    exported_base, tiny_run_dir, encoder
+):
+    loaded = LoadedVersion.load(1, exported_base / "1")  # the server's loader: replays them
+    assert loaded.replay_warmup() == 2
     records = list(tf.data.TFRecordDataset(str(exported_base / "1" / WARMUP_FILE)))
     requests = [
         prediction_log_pb2.PredictionLog.FromString(record.numpy()).predict_log.request
@@ -194,11 +237,12 @@ def test_warmup_requests_and_metadata(exported_base, tiny_run_dir):
         "encode_pixels",
         "serving_default",
     ]
+    grey = keras.ops.convert_to_numpy(encoder(np.full((1, *TINY_SHAPE), 128.0, np.float32)))
     for request in requests:
         assert request.model_spec.name == "harr"
         inputs = {name: tf.make_ndarray(proto) for name, proto in request.inputs.items()}
-        outputs = model.signatures[request.model_spec.signature_name](**inputs)
-        assert outputs["codes"].shape == (1, TINY_BITS)
+        outputs = loaded.run(request.model_spec.signature_name, inputs, ["continuous"])
+        np.testing.assert_allclose(outputs["continuous"], grey, rtol=0, atol=1e-5)
 
     metadata = json.loads((exported_base / "1" / METADATA_FILE).read_text())
     config = yaml.safe_load((tiny_run_dir / "config.yaml").read_text())
@@ -255,3 +299,33 @@ def test_cli_exports_and_names_bad_input(tiny_run_dir, tmp_path, capsys):
             ["--run-dir", str(tiny_run_dir), "--model-base-path", str(base), "--version", "1"]
         )
     assert sorted(path.name for path in base.iterdir()) == ["1"]
+
+
+def test_next_export_removes_staging_that_no_live_exporter_writes(encoder, tmp_path):
+    base = tmp_path / "harr"
+    base.mkdir()
+    host = socket.gethostname()
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    alive = subprocess.Popen(["sleep", "60"])
+    try:
+        staging = {
+            "killed exporter": base / f".export-{host}-{dead.pid}-abc",
+            "live exporter": base / f".export-{host}-{alive.pid}-def",
+            "old, unnamed owner": base / ".export-ghi",
+            "recent, unnamed owner": base / ".export-jkl",
+            "old, another host": base / f".export-elsewhere-{alive.pid}-mno",
+        }
+        for directory in staging.values():
+            (directory / "variables").mkdir(parents=True)
+            (directory / "saved_model.pb").write_bytes(b"half written")
+        long_ago = time.time() - export.STALE_STAGING_SECONDS - 60
+        for name in ("old, unnamed owner", "old, another host"):
+            os.utime(staging[name], (long_ago, long_ago))
+        assert export.export_encoder(encoder, base) == base / "1"
+        left = {name for name, directory in staging.items() if directory.exists()}
+        assert left == {"live exporter", "recent, unnamed owner"}
+    finally:
+        alive.kill()
+        alive.wait()
+    assert sorted(path.name for path in base.iterdir() if path.name.isdigit()) == ["1"]
