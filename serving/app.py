@@ -1,0 +1,214 @@
+"""A search page in the browser: drop an image, see the nearest images of the collection.
+
+    python -m serving.app --index harr.faiss --server localhost:8500 --images photos/ [--port 8080]
+
+The page and its JSON API are served by Flask; an uploaded image is encoded by the served
+model over gRPC (the same way `serving.encode` encoded the collection) and looked up in the
+index. Item ids are paths under `--images`, as `serving.encode` names folder items; where
+they lie in class folders (`photos/shirt/001.png`), each result says whether it shares the
+query's class. API:
+
+    POST /api/search       multipart field `image` → {"results": [{id, distance, thumbnail}]}
+    GET  /api/items/ID     → {id, class, thumbnail, results}: the item's own neighbours
+    GET  /thumbnails/ID    → a PNG thumbnail of the item
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import io
+import signal
+from pathlib import Path
+
+import flask
+from PIL import Image, UnidentifiedImageError
+from werkzeug.exceptions import HTTPException
+from werkzeug.security import safe_join
+from werkzeug.serving import make_server
+
+from harr_tf.index import HammingIndex
+from serving.cli import add_endpoint_arguments, positive
+
+_EXAMPLES = 24
+_THUMBNAIL_PIXELS = 128
+
+
+def class_of(item_id: str) -> str | None:
+    """The class folder of an id ("shirt/001.png" → "shirt"); None for a top-level file."""
+    folder, _, _ = item_id.rpartition("/")
+    return folder or None
+
+
+def create_app(
+    index: HammingIndex,
+    client,
+    images: str | Path,
+    *,
+    top_k: int = 10,
+    max_upload_bytes: int = 8 * 2**20,
+) -> flask.Flask:
+    """The Flask app of the page and its API over `index`, encoding uploads with `client`
+    (a `serving.client.ServingClient`); thumbnails are made from the files under `images`."""
+    from serving.client import RequestFailed
+    from serving.search import nearest
+
+    app = flask.Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = max_upload_bytes
+    images = Path(images)
+    position_of = {item: position for position, item in enumerate(index.ids)}
+    examples = index.ids[:: max(1, len(index) // _EXAMPLES)][:_EXAMPLES]
+
+    def described(results: list[dict], query_class: str | None) -> list[dict]:
+        for result in results:
+            result["thumbnail"] = flask.url_for("thumbnail", item_id=result["id"])
+            result["class"] = class_of(result["id"])
+            if query_class is not None:
+                result["same_class"] = result["class"] == query_class
+        return results
+
+    def fail(status: int, message: str):
+        return flask.jsonify(error=message), status
+
+    @app.errorhandler(HTTPException)
+    def http_error(error: HTTPException):
+        if error.code == 413:
+            limit = max_upload_bytes / 2**20
+            return fail(413, f"The upload is larger than the limit of {limit:g} MB.")
+        return fail(error.code, error.description)
+
+    @app.get("/")
+    def page():
+        return flask.render_template(
+            "search.html",
+            examples=examples,
+            top_k=top_k,
+            max_upload_bytes=max_upload_bytes,
+            count=len(index),
+        )
+
+    @app.post("/api/search")
+    def search():
+        upload = flask.request.files.get("image")
+        if upload is None:
+            return fail(400, "Expected the image as the multipart form field 'image'.")
+        contents = upload.read()
+        try:
+            with Image.open(io.BytesIO(contents)) as image:
+                image.verify()
+        except (UnidentifiedImageError, OSError, SyntaxError):
+            name = upload.filename or "the upload"
+            return fail(400, f"{name} is not an image: expected a PNG, JPEG, GIF or BMP file.")
+        try:
+            batch = client.encode([contents])
+        except RequestFailed as err:
+            return fail(502, f"The model server failed: {err}")
+        if batch.failures:
+            message = next(iter(batch.failures.values())).strip().splitlines()[0]
+            return fail(400, f"The model cannot decode the image: {message}")
+        results = nearest(index, batch.packed, top_k)[0]
+        return flask.jsonify(results=described(results, None))
+
+    @app.get("/api/items/<path:item_id>")
+    def item(item_id: str):
+        if item_id not in position_of:
+            return fail(404, f"No item {item_id!r} in the index.")
+        packed = index.codes([position_of[item_id]])
+        results = described(nearest(index, packed, top_k)[0], class_of(item_id))
+        return flask.jsonify(
+            id=item_id,
+            **{"class": class_of(item_id)},
+            thumbnail=flask.url_for("thumbnail", item_id=item_id),
+            results=results,
+        )
+
+    @app.get("/thumbnails/<path:item_id>")
+    def thumbnail(item_id: str):
+        path = safe_join(str(images), item_id) if item_id in position_of else None
+        if path is None or not Path(path).is_file():
+            return fail(404, f"No image file for item {item_id!r} under {images}.")
+        return flask.send_file(io.BytesIO(_thumbnail(path)), mimetype="image/png")
+
+    return app
+
+
+@functools.lru_cache(maxsize=4096)
+def _thumbnail(path: str) -> bytes:
+    """A PNG of at most 128 px a side; small images are kept as they are (the page scales
+    them up without smoothing)."""
+    with Image.open(path) as image:
+        image.thumbnail((_THUMBNAIL_PIXELS, _THUMBNAIL_PIXELS))
+        buffer = io.BytesIO()
+        image.save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m serving.app",
+        description="Serve a search page over an index: upload an image or click one of "
+        "the collection, see its nearest images with their Hamming distances.",
+    )
+    parser.add_argument("--index", required=True, help="index written by serving.search build")
+    add_endpoint_arguments(parser)
+    parser.add_argument(
+        "--images",
+        required=True,
+        help="the folder serving.encode encoded (item ids are paths under it)",
+    )
+    parser.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to bind (default: 127.0.0.1, this machine only)",
+    )
+    parser.add_argument(
+        "--port", type=positive(int, allow_zero=True), default=8080, help="(default: 8080)"
+    )
+    parser.add_argument(
+        "--top-k", type=positive(int), default=10, help="results per query (default: 10)"
+    )
+    parser.add_argument(
+        "--max-upload-mb",
+        type=positive(float),
+        default=8.0,
+        help="larger uploads are refused (default: 8)",
+    )
+    args = parser.parse_args(argv)
+    from serving.client import RequestFailed, ServingClient
+
+    try:
+        index = HammingIndex.load(args.index)
+    except (ValueError, FileNotFoundError) as err:
+        raise SystemExit(f"error: --index {args.index}: {err}") from err
+    if not Path(args.images).is_dir():
+        raise SystemExit(f"error: --images {args.images}: not a folder.")
+    with ServingClient(args.server, args.model, args.signature, retries=3) as client:
+        try:
+            bits = client.describe().bits
+        except RequestFailed as err:
+            raise SystemExit(f"error: {err}") from err
+        if bits != index.bits:
+            raise SystemExit(
+                f"error: the served model gives {bits}-bit codes but {args.index} holds "
+                f"{index.bits}-bit codes: serve the model that encoded the collection."
+            )
+        app = create_app(
+            index,
+            client,
+            args.images,
+            top_k=args.top_k,
+            max_upload_bytes=int(args.max_upload_mb * 2**20),
+        )
+        server = make_server(args.host, args.port, app, threaded=True)
+        print(f"Search page on http://{args.host}:{server.server_port}/", flush=True)
+        # SIGTERM ends the server as Ctrl-C does.
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:
+            server.server_close()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
