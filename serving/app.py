@@ -9,6 +9,7 @@ they lie in class folders (`photos/shirt/001.png`), each result says whether it 
 query's class. API:
 
     POST /api/search       multipart field `image` → {"results": [{id, distance, thumbnail}]}
+                           (with --rerank N, each result also has its "score")
     GET  /api/items/ID     → {id, class, thumbnail, results}: the item's own neighbours
     GET  /thumbnails/ID    → a PNG thumbnail of the item
 """
@@ -47,9 +48,12 @@ def create_app(
     *,
     top_k: int = 10,
     max_upload_bytes: int = 8 * 2**20,
+    rerank: int | None = None,
 ) -> flask.Flask:
     """The Flask app of the page and its API over `index`, encoding uploads with `client`
-    (a `serving.client.ServingClient`); thumbnails are made from the files under `images`."""
+    (a `serving.client.ServingClient`); thumbnails are made from the files under `images`.
+    With `rerank`, an upload's top `rerank` by Hamming distance are re-ranked by its
+    continuous code (see `serving.search.nearest`)."""
     from serving.client import RequestFailed
     from serving.search import nearest
 
@@ -100,13 +104,13 @@ def create_app(
             name = upload.filename or "the upload"
             return fail(400, f"{name} is not an image: expected a PNG, JPEG, GIF or BMP file.")
         try:
-            batch = client.encode([contents])
+            batch = client.encode([contents], continuous=rerank is not None)
         except RequestFailed as err:
             return fail(502, f"The model server failed: {err}")
         if batch.failures:
             message = next(iter(batch.failures.values())).strip().splitlines()[0]
             return fail(400, f"The model cannot decode the image: {message}")
-        results = nearest(index, batch.packed, top_k)[0]
+        results = nearest(index, batch.packed, top_k, continuous=batch.continuous, rerank=rerank)[0]
         return flask.jsonify(results=described(results, None))
 
     @app.get("/api/items/<path:item_id>")
@@ -168,6 +172,13 @@ def main(argv: list[str] | None = None) -> int:
         "--top-k", type=positive(int), default=10, help="results per query (default: 10)"
     )
     parser.add_argument(
+        "--rerank",
+        type=positive(int),
+        metavar="N",
+        help="re-rank an upload's N nearest by Hamming distance by its continuous code "
+        "(as serving.search query --rerank); at least --top-k",
+    )
+    parser.add_argument(
         "--max-upload-mb",
         type=positive(float),
         default=8.0,
@@ -180,6 +191,8 @@ def main(argv: list[str] | None = None) -> int:
         index = HammingIndex.load(args.index)
     except (ValueError, FileNotFoundError) as err:
         raise SystemExit(f"error: --index {args.index}: {err}") from err
+    if args.rerank is not None and args.rerank < args.top_k:
+        raise SystemExit(f"error: --rerank {args.rerank} must be at least --top-k {args.top_k}.")
     if not Path(args.images).is_dir():
         raise SystemExit(f"error: --images {args.images}: not a folder.")
     with ServingClient(args.server, args.model, args.signature, retries=3) as client:
@@ -198,6 +211,7 @@ def main(argv: list[str] | None = None) -> int:
             args.images,
             top_k=args.top_k,
             max_upload_bytes=int(args.max_upload_mb * 2**20),
+            rerank=args.rerank,
         )
         server = make_server(args.host, args.port, app, threaded=True)
         print(f"Search page on http://{args.host}:{server.server_port}/", flush=True)

@@ -80,6 +80,20 @@ def test_search_answers_the_top_k_with_hamming_distances_and_thumbnails(api, col
     assert thumbnail.data[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_an_upload_re_ranked_by_its_continuous_code(grpc_server, collection):
+    folder, index_file, codes = collection
+    contents = (folder / "blobs" / "05.png").read_bytes()
+    with ServingClient(grpc_server) as client:
+        h = client.encode([contents], continuous=True).continuous[0]
+        index = HammingIndex.load(index_file)
+        app = create_app(index, client, folder, top_k=4, rerank=len(index))
+        results = upload(app.test_client(), contents).get_json()["results"]
+    scores = np.stack([codes[item] for item in index.ids]).astype(np.float64) @ h
+    expected = np.lexsort((np.arange(len(index)), -scores))[:4]
+    assert [r["id"] for r in results] == [index.ids[i] for i in expected]
+    np.testing.assert_allclose([r["score"] for r in results], scores[expected], rtol=1e-5)
+
+
 def test_an_item_answers_its_neighbours_and_whether_they_share_its_class(api, collection):
     _, _, codes = collection
     answer = api.get("/api/items/blobs/07.png").get_json()
