@@ -121,7 +121,7 @@ def pretrained_backbone(
     """
     resolved = _resolve_weights(weights)
     try:
-        application, mode = _application(name, resolved)
+        application, mode = _application(name, "imagenet" if resolved == "imagenet" else None)
     except Exception as error:  # keras.utils.get_file raises a bare Exception offline.
         if resolved != "imagenet":
             raise
@@ -137,7 +137,32 @@ def pretrained_backbone(
     x = keras.layers.Resizing(PRETRAINED_INPUT_SIZE, PRETRAINED_INPUT_SIZE)(x)
     x = ImageNetPreprocess(mode)(x)
     features = application(x)
-    return keras.Model(inputs, features, name="backbone")
+    backbone = keras.Model(inputs, features, name="backbone")
+    if resolved not in (None, "imagenet"):
+        # A keras.applications weights file, or a whole backbone's (harr_tf.pretrain).
+        load_weights_file(backbone, resolved, name, fallback=application)
+    return backbone
+
+
+def load_weights_file(
+    model: keras.Model, path: str, name: str, fallback: keras.Model | None = None
+) -> None:
+    """Loads the weights file `path` into `model` (or, failing that, into `fallback`),
+    or raises ValueError saying the file does not fit the `name` backbone."""
+    errors = []
+    for target in (model, fallback):
+        if target is None:
+            continue
+        try:
+            target.load_weights(path)
+            return
+        except (ValueError, KeyError, OSError, TypeError) as error:
+            errors.append(str(error).strip().splitlines()[0])
+    raise ValueError(
+        f"--weights {path} does not fit the {name} backbone built for these images "
+        f"({'; '.join(errors)}). Expected a weights file of the same backbone, width, "
+        "pooling and image size (e.g. DIR/backbone.weights.h5 of python -m harr_tf.pretrain)."
+    )
 
 
 def build_backbone(
@@ -152,12 +177,16 @@ def build_backbone(
     `width` and `pooling` shape `small_cnn` only; the others keep their own pooling.
     """
     if name == "small_cnn":
-        if weights != "none":
+        if weights == "imagenet":
             raise ValueError(
-                f"small_cnn trains from scratch: it has no pretrained weights. "
-                f"Received: weights={weights!r}"
+                "small_cnn has no ImageNet weights: pass --weights none, or the "
+                "backbone.weights.h5 of `python -m harr_tf.pretrain`. Received: weights='imagenet'"
             )
-        return small_cnn(input_shape, width, pooling)
+        model = small_cnn(input_shape, width, pooling)
+        resolved = _resolve_weights(weights)
+        if resolved is not None:
+            load_weights_file(model, resolved, name)
+        return model
     if name not in BACKBONES:
         raise ValueError(f"Unknown backbone. Expected one of {BACKBONES}. Received: {name!r}")
     return pretrained_backbone(name, input_shape, weights)

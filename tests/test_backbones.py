@@ -70,7 +70,7 @@ def test_offline_imagenet_weights_fail_with_what_to_do(monkeypatch):
 def test_bad_weights_and_names_are_rejected(tmp_path):
     with pytest.raises(FileNotFoundError, match="no such file"):
         build_backbone("resnet50", (32, 32, 3), weights=str(tmp_path / "missing.h5"))
-    with pytest.raises(ValueError, match="from scratch"):
+    with pytest.raises(ValueError, match="small_cnn has no ImageNet weights"):
         build_backbone("small_cnn", (28, 28, 1), weights="imagenet")
     with pytest.raises(ValueError, match="'alexnet'"):
         build_backbone("alexnet", (28, 28, 1))
@@ -87,3 +87,14 @@ def test_caffe_preprocess_matches_keras_applications_and_round_trips():
     np.testing.assert_allclose(clone(images), expected, atol=1e-4)
     with pytest.raises(ValueError, match="mode='torch'"):
         ImageNetPreprocess("torch")
+
+
+def test_a_small_cnn_weights_file_round_trips_and_a_misfit_is_refused(tmp_path):
+    source = build_backbone("small_cnn", (28, 28, 1), width=4, pooling="grid")
+    path = str(tmp_path / "backbone.weights.h5")
+    source.save_weights(path)
+    loaded = build_backbone("small_cnn", (28, 28, 1), weights=path, width=4, pooling="grid")
+    images = np.random.default_rng(0).uniform(0, 255, (3, 28, 28, 1)).astype("float32")
+    np.testing.assert_allclose(loaded.predict(images, verbose=0), source.predict(images, verbose=0))
+    with pytest.raises(ValueError, match="does not fit the small_cnn backbone"):
+        build_backbone("small_cnn", (28, 28, 1), weights=path, width=8, pooling="grid")

@@ -1,0 +1,90 @@
+"""Self-supervised pretraining end to end on real Fashion-MNIST images: the weights file,
+the refusal of a run directory made for something else, and resume after `kill -9`."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from conftest import write_fashion_mnist_subset
+
+from harr_tf.backbones import build_backbone
+
+SMALL = ["--train-size", "200", "--batch-size", "32", "--width", "4"]
+
+
+@pytest.fixture(scope="module")
+def subset(tmp_path_factory):
+    return write_fashion_mnist_subset(tmp_path_factory.mktemp("data"), 250)
+
+
+def command(*args):
+    return [sys.executable, "-m", "harr_tf.pretrain", *args]
+
+
+def pretrain(*args, check=True):
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    result = subprocess.run(command(*args), capture_output=True, text=True, env=env, timeout=600)
+    if check:
+        assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def test_a_zero_budget_is_refused():
+    result = pretrain("--minutes", "0", "--out", "unused", check=False)
+    assert result.returncode == 2 and "--minutes must be > 0" in result.stderr
+
+
+def test_pretraining_writes_weights_the_backbone_loads(subset, tmp_path):
+    out = tmp_path / "pre"
+    args = ["--dataset", subset, "--epochs", "2", "--steps-per-epoch", "2", *SMALL]
+    result = pretrain(*args, "--method", "vicreg", "--out", str(out), "--quiet")
+    weights = out / "backbone.weights.h5"
+    assert str(weights) in result.stdout and weights.is_file()
+    assert json.loads((out / "progress.json").read_text())["epochs"] == 2
+    backbone = build_backbone("small_cnn", (28, 28, 1), str(weights), width=4, pooling="grid")
+    fresh = build_backbone("small_cnn", (28, 28, 1), "none", width=4, pooling="grid")
+    images = np.random.default_rng(0).uniform(0, 255, (4, 28, 28, 1)).astype("float32")
+    assert not np.allclose(backbone.predict(images, verbose=0), fresh.predict(images, verbose=0))
+    # The same directory for another network or method is refused, naming what differs.
+    other = pretrain(*args, "--method", "simclr", "--out", str(out), check=False)
+    assert other.returncode != 0 and "method: 'vicreg' -> 'simclr'" in other.stderr
+    assert "Traceback" not in other.stderr
+
+
+def test_a_killed_pretraining_resumes_from_its_last_epoch(subset, tmp_path):
+    out = tmp_path / "pre"
+    args = [
+        "--dataset",
+        subset,
+        "--epochs",
+        "6",
+        "--steps-per-epoch",
+        "6",
+        *SMALL,
+        "--out",
+        str(out),
+    ]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    process = subprocess.Popen(
+        command(*args, "--quiet"), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    progress = out / "progress.json"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and process.poll() is None:
+        if progress.exists() and json.loads(progress.read_text())["epochs"] >= 2:
+            break
+        time.sleep(0.2)
+    assert process.poll() is None, "pretraining ended before it could be killed"
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    killed_at = json.loads(progress.read_text())["epochs"]
+    assert 2 <= killed_at < 6 and not (out / "backbone.weights.h5").exists()
+    resumed = pretrain(*args)  # progress bars on: they show the epochs it ran
+    assert "Epoch 1/6" not in resumed.stdout and "Epoch 6/6" in resumed.stdout
+    assert json.loads(progress.read_text())["epochs"] == 6
+    assert (out / "backbone.weights.h5").is_file()
