@@ -138,8 +138,11 @@ class HammingIndex:
             index.hnsw.efSearch = options.get("ef_search") or 64
         else:
             nhash = options.get("nhash") or default_nhash(count, bits)
-            if nhash > bits:
-                raise ValueError(f"`nhash` must be at most bits ({bits}). Received: {nhash}")
+            if not 1 <= bits // nhash <= 64:  # FAISS reads each substring into a 64-bit word
+                raise ValueError(
+                    f"`nhash` must give substrings of 1 to 64 bits: between "
+                    f"{math.ceil(bits / 64)} and {bits} for {bits}-bit codes. Received: {nhash}"
+                )
             index = faiss.IndexBinaryMultiHash(bits, nhash, bits // nhash)
             nflip = options.get("nflip")
             index.nflip = 1 if nflip is None else nflip

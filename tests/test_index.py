@@ -131,6 +131,11 @@ def test_bad_input_is_rejected_with_what_was_received():
         HammingIndex.build(packed, ids, "multihash", ef_search=4)
     with pytest.raises(ValueError, match="unique"):
         HammingIndex.build(packed, ["a"] * 20)
+    with pytest.raises(ValueError, match="between 1 and 16 for 16-bit codes. Received: 17"):
+        HammingIndex.build(packed, ids, "multihash", nhash=17)
+    wide = pack(random_codes(20, 128, 0))
+    with pytest.raises(ValueError, match="between 2 and 128 for 128-bit codes. Received: 1"):
+        HammingIndex.build(wide, ids, "multihash", nhash=1)
     with pytest.raises(ValueError, match="between 1 and the number of codes"):
         HammingIndex.build(packed, ids, "ivf", nlist=21)
     index = HammingIndex.build(packed, ids)
