@@ -1,10 +1,22 @@
-"""Views and pipelines: shapes, value range, determinism under a seed, resume."""
+"""Views and pipelines: shapes, value range, determinism under a seed, resume, and the
+sampled distributions of the authors' (torchvision) views."""
+
+import dataclasses
+import itertools
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
-from harr_tf.data.augment import VIEWS, AugmentConfig, ViewAugmenter, scaled_crop_scale
+from harr_tf.data.augment import (
+    VIEWS,
+    AugmentConfig,
+    ViewAugmenter,
+    sample_jitter,
+    scaled_crop_scale,
+)
 from harr_tf.data.pipeline import inference_dataset, training_dataset
+from harr_tf.data.randaugment import OPERATIONS, sample_operations
 
 # Crops covering the whole image, no flip, no blur: view W is then the image itself.
 NEUTRAL = AugmentConfig(
@@ -95,13 +107,13 @@ def test_each_pass_visits_every_image_once_and_reshuffles():
     assert not np.array_equal(first, second)
 
 
-def test_resume_continues_the_same_stream():
-    pixels = images(count=40)
-    whole = stream(pixels, seed=5, config=NEUTRAL, batches=4)
-    resumed = stream(pixels, seed=5, config=NEUTRAL, start_step=2, batches=2)
+def test_resume_continues_the_same_stream_with_the_same_views():
+    pixels = images((12, 12, 3), count=40)
+    whole = stream(pixels, seed=5, batches=4)
+    resumed = stream(pixels, seed=5, start_step=2, batches=2)
     for full, part in zip(whole[2:], resumed, strict=True):
-        np.testing.assert_array_equal(full["index"], part["index"])
-        np.testing.assert_array_equal(full["w"], part["w"])
+        for name in ("index", "a", "b", "w"):
+            np.testing.assert_array_equal(full[name], part[name])
 
 
 def test_grayscale_probability_one_makes_view_a_gray():
@@ -136,3 +148,136 @@ def test_inference_dataset_keeps_order_and_resizes():
     np.testing.assert_array_equal(np.concatenate(batches), pixels.astype(np.float32))
     resized = next(iter(inference_dataset(pixels, batch_size=4, image_size=(8, 8))))
     assert resized.shape == (4, 8, 8, 3)
+
+
+# --- The sampled distributions (DESIGN §2.3: torchvision's meaning of the factors) ---
+
+TWO_COLOURS = np.array([[100, 130, 160], [140, 110, 120]], np.float32)  # never clipped
+COLOUR_IMAGE = np.repeat(TWO_COLOURS, 8, axis=0).reshape(4, 4, 3)
+ONLY_JITTER = dataclasses.replace(NEUTRAL, color_jitter_probability=1.0, grayscale_probability=0.0)
+
+
+def per_image(image, config, count, reduce, view="a"):
+    """`reduce(view)` of `count` views of one image, each at its own stream position."""
+    augmenter = ViewAugmenter(image.shape, config, seed=0, views=(view,))
+    image = tf.constant(image)
+    dataset = tf.data.Dataset.range(count).map(
+        lambda position: reduce(augmenter.crop_views(image, position)[view]),
+        num_parallel_calls=tf.data.AUTOTUNE,
+    )
+    return next(iter(dataset.batch(count))).numpy()
+
+
+def luma(pixels):
+    return pixels @ np.array([0.2989, 0.587, 0.114], np.float32)
+
+
+def measured_factor(name, out):
+    """The multiplier an operation applied, read back from the pixels (N, 2, 3)."""
+    before = TWO_COLOURS
+    if name == "brightness":
+        return out[:, 0, 0] / before[0, 0]
+    if name == "contrast":  # a blend with the mean luma keeps differences × factor
+        return (out[:, 0, 0] - out[:, 1, 0]) / (before[0, 0] - before[1, 0])
+    # saturation: a blend with the pixel's own luma, which it keeps
+    return (out[:, 0, 2] - luma(out[:, 0])) / (before[0, 2] - luma(before[0]))
+
+
+@pytest.mark.parametrize(("position", "name"), enumerate(["brightness", "contrast", "saturation"]))
+def test_jitter_multiplies_by_factors_filling_0_6_to_1_4(position, name):
+    strengths = [0.0, 0.0, 0.0, 0.0]
+    strengths[position] = 0.4
+    config = dataclasses.replace(ONLY_JITTER, color_jitter=tuple(strengths))
+    out = per_image(COLOUR_IMAGE, config, 10_000, lambda v: tf.stack([v[0, 0], v[2, 0]]))
+    factors = measured_factor(name, out)
+    assert factors.min() >= 0.6 - 1e-3 and factors.max() <= 1.4 + 1e-3
+    assert factors.min() < 0.61 and factors.max() > 1.39  # filled, not a narrow band
+    assert abs(factors.mean() - 1.0) < 0.01  # uniform (Keras's saturation: mean 0.18)
+
+
+def test_hue_shifts_by_at_most_a_tenth_of_the_colour_wheel():
+    config = dataclasses.replace(ONLY_JITTER, color_jitter=(0.0, 0.0, 0.0, 0.1))
+    out = per_image(COLOUR_IMAGE, config, 10_000, lambda v: v[0, 0])
+    hue_in = tf.image.rgb_to_hsv(TWO_COLOURS[:1] / 255.0).numpy()[0, 0]
+    hue_out = tf.image.rgb_to_hsv(out / 255.0).numpy()[:, 0]
+    shift = (hue_out - hue_in + 0.5) % 1.0 - 0.5
+    assert np.abs(shift).max() <= 0.1 + 1e-3 and np.abs(shift).max() > 0.099
+    assert shift.min() < -0.099
+
+
+def test_jitter_fires_with_p_0_8_in_a_random_order_per_image():
+    config = dataclasses.replace(NEUTRAL, grayscale_probability=0.0)
+    out = per_image(COLOUR_IMAGE, config, 10_000, lambda v: v[0, 0])
+    changed = np.abs(out - TWO_COLOURS[0]).max(axis=1) > 1e-3
+    assert abs(changed.mean() - 0.8) < 0.02
+    seeds = tf.random.experimental.stateless_split([0, 1], num=2_400)
+    orders = tf.vectorized_map(lambda s: sample_jitter(s, (0.4, 0.4, 0.4, 0.1))["order"], seeds)
+    orders = [tuple(order) for order in orders.numpy()]
+    counts = np.array([orders.count(p) for p in itertools.permutations(range(4))])
+    assert counts.min() > 50 and counts.max() < 150  # all 24 orders, each about 100 times
+
+
+def test_colour_ops_leave_grayscale_data_untouched():
+    gray = images((6, 6, 1), count=1)[0].astype(np.float32)
+    colour_only = dataclasses.replace(
+        ONLY_JITTER, color_jitter=(0.0, 0.0, 0.4, 0.1), grayscale_probability=1.0
+    )
+    out = per_image(gray, colour_only, 200, lambda v: v)
+    np.testing.assert_array_equal(out, np.broadcast_to(gray, out.shape))
+    # Brightness is not a colour: torchvision applies it to grayscale images too.
+    brighter = dataclasses.replace(ONLY_JITTER, color_jitter=(0.4, 0.0, 0.0, 0.0))
+    assert not np.allclose(per_image(gray, brighter, 20, lambda v: v), gray)
+
+
+def test_blur_fires_half_the_time_with_a_sigma_per_image():
+    size = 112  # σ in [1, 2] at 224 px is [0.5, 1] here; the kernel spans 11 px
+    delta = np.zeros((size, size, 1), np.float32)
+    delta[size // 2, size // 2] = 255.0
+    config = dataclasses.replace(
+        NEUTRAL, blur_probability=0.5, blur_sigma=(1.0, 2.0), color_jitter_probability=0.0
+    )
+    offsets = np.arange(size, dtype=np.float32) - size // 2
+
+    def moments(view):
+        weights = view[..., 0] / tf.reduce_sum(view)
+        variance = tf.reduce_sum(tf.reduce_sum(weights, axis=0) * offsets**2)
+        return tf.stack([tf.cast(view[size // 2, size // 2, 0] < 255.0, tf.float32), variance])
+
+    fired, variance = per_image(delta, config, 1_000, moments).T
+    assert abs(fired.mean() - 0.5) < 0.05
+    measured = np.sqrt(variance[fired > 0])
+
+    def sampled(sigma):  # the spread of a Gaussian kernel sampled at 11 integer offsets
+        kernel = np.exp(-(np.arange(-5, 6) ** 2) / (2 * sigma**2))
+        return np.sqrt((kernel * np.arange(-5, 6) ** 2).sum() / kernel.sum())
+
+    assert sampled(0.5) - 1e-3 < measured.min() and measured.max() < sampled(1.0) + 1e-3
+    low, high = np.percentile(measured, [25, 75])  # σ ~ U[0.5, 1]: quartiles 0.625, 0.875
+    assert abs(low - sampled(0.625)) < 0.04 and abs(high - sampled(0.875)) < 0.04
+
+
+def test_randaugment_draws_two_ops_per_image_each_with_p_0_5():
+    seeds = tf.random.experimental.stateless_split([0, 2], num=5_000)
+    draws = tf.vectorized_map(lambda s: sample_operations(s, num_ops=2), seeds)
+    ops, applied = draws["ops"].numpy(), draws["applied"].numpy()
+    counts = np.bincount(ops.ravel(), minlength=len(OPERATIONS)) / ops.size
+    assert np.abs(counts - 1 / len(OPERATIONS)).max() < 0.015
+    assert abs(applied.mean() - 0.5) < 0.02
+    assert len({tuple(pair) for pair in ops[:32]}) > 20  # one batch: ops differ per image
+
+
+def test_randaugment_leaves_an_image_unchanged_as_often_as_the_authors():
+    # Identity and solarize at threshold 256 change nothing, the 12 others change this
+    # image: unchanged with probability (0.5 + 0.5 · 2/14)² = 0.327 (Keras: per batch).
+    image = np.random.default_rng(0).integers(40, 200, (32, 32, 3)).astype(np.float32)
+    config = dataclasses.replace(NEUTRAL, randaugment_cutout=False)
+    out = per_image(image, config, 2_000, lambda v: v, view="b")
+    unchanged = np.abs(out - image).reshape(len(out), -1).max(axis=1) < 1e-3
+    assert abs(unchanged.mean() - (0.5 + 0.5 * 2 / 14) ** 2) < 0.035
+
+
+def test_view_b_ends_with_the_authors_gray_cutout_scaled_to_the_image():
+    image = np.zeros((112, 112, 1), np.float32)  # 16 px at 224 px is 8 px here
+    config = dataclasses.replace(NEUTRAL, randaugment_probability=0.0)
+    filled = per_image(image, config, 50, lambda v: tf.reduce_sum(tf.cast(v == 128, tf.int32)), "b")
+    assert filled.max() == 64 and filled.min() > 0
