@@ -24,14 +24,13 @@ from pathlib import Path
 
 import numpy as np
 
-from harr_tf.index import INDEX_KINDS, HammingIndex, ids_path
+from harr_tf.index import INDEX_KINDS, KIND_OPTIONS, HammingIndex, ids_path
 from serving.cli import add_endpoint_arguments, add_retry_arguments, positive
 from serving.code_store import StoredCodes, load_codes_file
 
 _QUERY_BATCH = 64
 _BUILD_OPTIONS = ("nlist", "nprobe", "neighbours", "ef_search", "nhash", "nflip")
 _SEARCH_OPTIONS = ("nprobe", "ef_search", "nflip")
-_KIND_SEARCH_OPTION = {"ivf": ("nprobe",), "hnsw": ("ef_search",), "multihash": ("nflip",)}
 
 
 def nearest(
@@ -49,8 +48,11 @@ def nearest(
     distance are re-ranked by ⟨h_query, b_item⟩, largest first, ties by position, and
     each result also carries its "score". `options` are the index's search options.
     """
-    if rerank is not None and rerank < top_k:
-        raise ValueError(f"`rerank` ({rerank}) must be at least `top_k` ({top_k}).")
+    if rerank is not None and (rerank < top_k or continuous is None):
+        raise ValueError(
+            f"`rerank` needs the queries' `continuous` codes and must be at least `top_k` "
+            f"({top_k}). Received: rerank={rerank}"
+        )
     distances, positions = index.search(packed, max(top_k, rerank or 0), **options)
     if rerank:  # every candidate's ±1 code, (nq, depth, bits), in one look-up
         candidates = index.codes(np.maximum(positions, 0).ravel())
@@ -148,7 +150,7 @@ def query(args: argparse.Namespace) -> int:
         raise SystemExit(f"error: --rerank {args.rerank} must be at least --top-k {args.top_k}.")
     options = {name: getattr(args, name) for name in _SEARCH_OPTIONS}
     for name, value in options.items():
-        if value is not None and name not in _KIND_SEARCH_OPTION.get(index.kind, ()):
+        if value is not None and name not in KIND_OPTIONS[index.kind]:
             flag = "--" + name.replace("_", "-")
             raise SystemExit(f"error: {flag} does not apply to {args.index}, a {index.kind} index.")
     answers: dict[str, dict] = {}
