@@ -172,14 +172,19 @@ def search_rows(args: argparse.Namespace, database: np.ndarray, queries: np.ndar
     """(name, build s, search s, MB, recall by ids, recall by distance) of each index kind
     and search option, the exact flat index first (its own reference)."""
     ids = [str(index) for index in range(len(database))]
-    sweeps = [("flat", {}, "", [None]), ("ivf", {"nlist": args.nlist}, "nprobe", args.nprobe)]
-    if len(database) <= args.hnsw_max_codes:
-        sweeps.append(("hnsw", {}, "ef_search", args.ef_search))
-    else:
-        print(f"(hnsw skipped: more than --hnsw-max-codes {args.hnsw_max_codes:,} codes)")
-    sweeps.append(("multihash", {}, "nflip", args.nflip))
+    sweeps = [
+        ("flat", {}, "", [None]),
+        ("ivf", {"nlist": args.nlist}, "nprobe", args.nprobe),
+        ("hnsw", {}, "ef_search", args.ef_search),
+        ("multihash", {}, "nflip", args.nflip),
+    ]
     exact_d = exact_p = None
     for kind, options, knob, values in sweeps:
+        if kind != "flat" and kind not in args.kinds:
+            continue
+        if kind == "hnsw" and len(database) > args.hnsw_max_codes:
+            print(f"(hnsw skipped: more than --hnsw-max-codes {args.hnsw_max_codes:,} codes)")
+            continue
         start = time.perf_counter()
         index = HammingIndex.build(database, ids, kind, **options)
         built = time.perf_counter() - start
@@ -240,6 +245,12 @@ def main() -> None:
     parser.add_argument("--nflip", type=numbers, default=[0, 1, 2], help="multihash bits flipped")
     parser.add_argument(
         "--hnsw-max-codes", type=int, default=1_000_000, help="skip hnsw above this many codes"
+    )
+    parser.add_argument(
+        "--kinds",
+        type=lambda text: text.split(","),
+        default=["ivf", "hnsw", "multihash"],
+        help="index kinds besides flat (the reference), e.g. ivf,multihash",
     )
     parser.add_argument(
         "--only", choices=["grpc", "search"], help="run one part only (default: both)"
