@@ -21,9 +21,7 @@ import hashlib
 import json
 import os
 import shutil
-import socket
 import tempfile
-import time
 from pathlib import Path
 
 import keras
@@ -42,7 +40,12 @@ from serving import (
     PIXELS_SIGNATURE,
     WARMUP_FILE,
 )
-from serving.layout import next_version, version_directories
+from serving.layout import (
+    next_version,
+    remove_stale_staging,
+    staging_prefix,
+    version_directories,
+)
 from serving.model_config import add_model_to_config
 from serving.session_bundle import SessionBundle
 from serving.signatures import EncoderServingGraph
@@ -50,10 +53,6 @@ from serving.signatures import EncoderServingGraph
 CONFIG_FILE = "config.yaml"
 ENCODER_FILE = "encoder.keras"
 _CHECK_TOLERANCE = 1e-4
-STAGING_PREFIX = ".export-"
-# A staging directory of another host (whose exporter cannot be asked) is taken as
-# abandoned once this old; a day is far longer than any export takes.
-STALE_STAGING_SECONDS = 24 * 3600
 
 
 def run_code_lengths(run_dir: str | Path) -> list[int]:
@@ -129,8 +128,7 @@ def export_encoder(
     base.mkdir(parents=True, exist_ok=True)
     remove_stale_staging(base)
     graph = EncoderServingGraph(encoder)
-    prefix = f"{STAGING_PREFIX}{socket.gethostname()}-{os.getpid()}-"
-    staging = Path(tempfile.mkdtemp(prefix=prefix, dir=base))
+    staging = Path(tempfile.mkdtemp(prefix=staging_prefix(), dir=base))
     staging.chmod(0o755)  # mkdtemp's is private; a server running as another user reads it
     stages = tqdm(total=4, desc="Exporting", unit="stage", disable=not progress)
     try:
@@ -158,39 +156,6 @@ def export_encoder(
     finally:
         stages.close()
     return target
-
-
-def _staging_owner(name: str) -> tuple[str, int] | None:
-    """(host, pid) of the exporter that named a staging directory, if the name says."""
-    host, _, rest = name.removeprefix(STAGING_PREFIX).rpartition("-")[0].rpartition("-")
-    return (host, int(rest)) if host and rest.isdigit() else None
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, another user's
-        return True
-    return True
-
-
-def remove_stale_staging(base_path: str | Path) -> list[Path]:
-    """Removes the staging directories under `base_path` that no exporter is writing:
-    those of a dead process on this host, and any older than `STALE_STAGING_SECONDS`
-    (another host's, or unnamed). Returns what it removed."""
-    removed = []
-    for entry in Path(base_path).glob(f"{STAGING_PREFIX}*"):
-        owner = _staging_owner(entry.name)
-        if owner is not None and owner[0] == socket.gethostname():
-            stale = not _process_alive(owner[1])
-        else:
-            stale = time.time() - entry.stat().st_mtime > STALE_STAGING_SECONDS
-        if stale and entry.is_dir():
-            shutil.rmtree(entry, ignore_errors=True)
-            removed.append(entry)
-    return removed
 
 
 def export_run(

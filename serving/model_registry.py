@@ -1,9 +1,11 @@
-"""The versions of one model under a base path, loaded as TensorFlow Serving would.
+"""The versions of each served model, loaded as TensorFlow Serving loads them.
 
-Latest-version policy: the highest integer version holding a SavedModel is served;
-the base path is polled, a newer version is loaded (and its warm-up requests
-replayed) while the current one keeps answering, then swapped in. Lookups fail
-with TF Serving's status codes and messages.
+Each version is a `SessionBundle` (its own graph and session, variables restored by
+the SavedModel's restore op) whose warm-up requests have been replayed; a version
+that fails either never serves. Base paths are polled: the versions a model's
+version policy wants (latest N, all, or specific ones) are loaded while the current
+ones keep answering, then swapped in, and the others unloaded. Lookups fail with
+TF Serving's status codes and messages.
 """
 
 from __future__ import annotations
@@ -15,12 +17,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 import grpc
+import numpy as np
 import tensorflow as tf
-from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow_serving.apis import get_model_status_pb2, prediction_log_pb2
+from tensorflow_serving.config import model_server_config_pb2
 
-from serving import WARMUP_FILE
-from serving.layout import SAVED_MODEL_FILE, servable_versions
+from serving import IMAGES_SIGNATURE, WARMUP_FILE
+from serving.layout import servable_versions
+from serving.model_config import aspired_versions
+from serving.session_bundle import SessionBundle, op_message
 
 logger = logging.getLogger(__name__)
 State = get_model_status_pb2.ModelVersionStatus.State
@@ -35,29 +40,32 @@ class ServingError(Exception):
         self.message = message
 
 
+def _servable_not_found(name: str, version: int | None) -> ServingError:
+    wanted = f"Latest({name})" if version is None else f"Specific({name}, {version})"
+    return ServingError(grpc.StatusCode.NOT_FOUND, f"Servable not found for request: {wanted}")
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class LoadedVersion:
-    """One loaded SavedModel: its callable signatures and their `SignatureDef` protos."""
+    """One loaded SavedModel version: its session and its `SignatureDef` protos."""
 
     version: int
     path: Path
-    signatures: dict[str, tf.types.experimental.ConcreteFunction]
-    signature_defs: dict  # name → SignatureDef proto, every one of the MetaGraphDef
-    saved_model: object  # keeps the loaded variables alive
+    bundle: SessionBundle
+
+    @property
+    def signature_defs(self) -> dict:
+        return self.bundle.signature_defs
 
     @classmethod
     def load(cls, version: int, path: Path) -> LoadedVersion:
         """Loads `path` and replays its warm-up requests, as TF Serving does before serving."""
-        saved_model = tf.saved_model.load(str(path))
-        proto = saved_model_pb2.SavedModel.FromString((path / SAVED_MODEL_FILE).read_bytes())
-        loaded = cls(
-            version=version,
-            path=path,
-            signatures=dict(saved_model.signatures),
-            signature_defs=dict(proto.meta_graphs[0].signature_def),
-            saved_model=saved_model,
-        )
-        loaded.replay_warmup()
+        loaded = cls(version=version, path=path, bundle=SessionBundle(path))
+        try:
+            loaded.replay_warmup()
+        except BaseException:
+            loaded.bundle.close()
+            raise
         return loaded
 
     def replay_warmup(self) -> int:
@@ -68,18 +76,25 @@ class LoadedVersion:
         count = 0
         for record in tf.data.TFRecordDataset(str(warmup)).as_numpy_iterator():
             request = prediction_log_pb2.PredictionLog.FromString(record).predict_log.request
-            signature = self.signatures[request.model_spec.signature_name or "serving_default"]
-            signature(**{name: tf.make_ndarray(proto) for name, proto in request.inputs.items()})
+            inputs = {name: tf.make_ndarray(proto) for name, proto in request.inputs.items()}
+            self.bundle.run(request.model_spec.signature_name or IMAGES_SIGNATURE, inputs)
             count += 1
         return count
 
+    def run(
+        self, signature_name: str, inputs: dict[str, np.ndarray], outputs: list[str]
+    ) -> dict[str, np.ndarray]:
+        return self.bundle.run(signature_name, inputs, outputs)
+
 
 class ModelRegistry:
-    """Serves the latest version of `name` under `base_path`, polling for new ones.
+    """Serves the versions of model `name` under `base_path` that `policy` wants.
 
     Args:
         name: the model name requests must use.
         base_path: the TF Serving model base path (`base_path/<version>/`).
+        policy: a `model_version_policy` (ServableVersionPolicy) proto; the latest
+            version when None. Defaults to None.
         on_available: called with each version once it serves. Defaults to None.
     """
 
@@ -87,42 +102,97 @@ class ModelRegistry:
         self,
         name: str,
         base_path: str | Path,
-        on_available: Callable[[LoadedVersion], None] | None = None,
+        policy=None,
+        on_available: Callable[[str, LoadedVersion], None] | None = None,
     ) -> None:
         self.name = name
         self.base_path = Path(base_path)
+        self.policy = policy or model_server_config_pb2.ModelConfig().model_version_policy
         self._on_available = on_available
-        self._current: LoadedVersion | None = None
+        self._loaded: dict[int, LoadedVersion] = {}
         self._states: dict[int, tuple[int, str]] = {}  # version → (State, error message)
         self._failed: set[int] = set()
         self._lock = threading.Lock()
+
+    def poll(self) -> dict[int, LoadedVersion]:
+        """Loads the wanted versions not loaded yet, then unloads the unwanted ones (so a
+        version that fails to load leaves the serving ones in place); returns what serves."""
+        on_disk = servable_versions(self.base_path)
+        while True:
+            wanted = aspired_versions(self.policy, [v for v in on_disk if v not in self._failed])
+            missing = sorted(wanted - set(self._loaded), reverse=True)
+            if not missing:
+                break
+            for version in missing:
+                self._load(version, on_disk[version])
+        with self._lock:
+            for version in set(self._loaded) - wanted:
+                self._states[version] = (State.END, "")
+            # A new dict, not an edit: requests read `_loaded` without the lock. An
+            # unloaded version's session closes once no request holds it.
+            self._loaded = {v: loaded for v, loaded in self._loaded.items() if v in wanted}
+            return self._loaded
+
+    def _load(self, version: int, path: Path) -> None:
+        self._set_state(version, State.LOADING)
+        try:
+            loaded = LoadedVersion.load(version, path)
+        except Exception as error:  # a broken version must not stop the served ones
+            message = f"{type(error).__name__}: {op_message(str(error))}".splitlines()[0]
+            logger.error("Loading version %d of %s failed: %s", version, self.name, message)
+            self._failed.add(version)
+            self._set_state(version, State.END, message)
+            return
+        with self._lock:
+            self._loaded = {**self._loaded, version: loaded}
+            self._states[version] = (State.AVAILABLE, "")
+        if self._on_available is not None:
+            self._on_available(self.name, loaded)
+
+    def resolve(self, version: int | None) -> LoadedVersion:
+        """The loaded version a request names (the highest when None), or NOT_FOUND."""
+        loaded = self._loaded
+        chosen = max(loaded, default=None) if version is None else version
+        if chosen not in loaded:
+            raise _servable_not_found(self.name, version)
+        return loaded[chosen]
+
+    def version_states(self) -> dict[int, tuple[int, str]]:
+        with self._lock:
+            return dict(self._states)
+
+    def _set_state(self, version: int, state: int, error: str = "") -> None:
+        with self._lock:
+            self._states[version] = (state, error)
+
+
+class ModelServer:
+    """Several `ModelRegistry`s behind one lookup, polled together on one thread."""
+
+    def __init__(self, registries: list[ModelRegistry]) -> None:
+        self.registries = {registry.name: registry for registry in registries}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def poll(self) -> LoadedVersion | None:
-        """Loads the highest version if it is new; returns what serves afterwards."""
-        versions = servable_versions(self.base_path)
-        candidates = [version for version in versions if version not in self._failed]
-        latest = max(candidates, default=None)
-        current = self._current
-        if latest is None or (current is not None and latest == current.version):
-            return current
-        self._set_state(latest, State.LOADING)
-        try:
-            loaded = LoadedVersion.load(latest, versions[latest])
-        except Exception as error:  # a broken version must not stop the served one
-            logger.error("Loading version %d of %s failed: %s", latest, self.name, error)
-            self._failed.add(latest)
-            self._set_state(latest, State.END, f"{type(error).__name__}: {error}")
-            return current
-        with self._lock:
-            self._current = loaded
-            if current is not None:
-                self._states[current.version] = (State.END, "")
-            self._states[latest] = (State.AVAILABLE, "")
-        if self._on_available is not None:
-            self._on_available(loaded)
-        return loaded
+    def poll(self) -> None:
+        for registry in self.registries.values():
+            registry.poll()
+
+    def wait_until_available(self, seconds: float) -> bool:
+        """Polls until every model serves a version (TF Serving waits for them at start)
+        or `stop()`; returns whether they all serve."""
+        while not self._stop.is_set():
+            waiting = [r for r in self.registries.values() if not r.poll()]
+            if not waiting:
+                return True
+            for registry in waiting:
+                logger.warning(
+                    "No versions of servable %s found under base path %s",
+                    registry.name,
+                    registry.base_path,
+                )
+            self._stop.wait(seconds)
+        return False
 
     def start_polling(self, seconds: float) -> None:
         """Polls every `seconds` on a daemon thread until `stop()`."""
@@ -134,41 +204,26 @@ class ModelRegistry:
         self._thread = threading.Thread(target=loop, name="version-poller", daemon=True)
         self._thread.start()
 
-    def wait_until_available(self, seconds: float) -> LoadedVersion | None:
-        """Polls until a version serves (TF Serving waits for it at start) or `stop()`."""
-        while self._current is None and not self._stop.is_set():
-            if self.poll() is None:
-                logger.warning(
-                    "No versions of servable %s found under base path %s",
-                    self.name,
-                    self.base_path,
-                )
-                self._stop.wait(seconds)
-        return self._current
-
     def stop(self) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
 
     def resolve(self, name: str, version: int | None, label: str = "") -> LoadedVersion:
-        """The loaded version a request names, or TF Serving's NOT_FOUND error."""
+        """The loaded version a request names, or TF Serving's error for it."""
         if label:
             raise ServingError(
                 grpc.StatusCode.INVALID_ARGUMENT, f"Unrecognized servable version label: {label}"
             )
-        current = self._current
-        if name != self.name or current is None or version not in (None, current.version):
-            wanted = f"Latest({name})" if version is None else f"Specific({name}, {version})"
-            raise ServingError(
-                grpc.StatusCode.NOT_FOUND, f"Servable not found for request: {wanted}"
-            )
-        return current
+        registry = self.registries.get(name)
+        if registry is None:
+            raise _servable_not_found(name, version)
+        return registry.resolve(version)
 
     def version_states(self, name: str, version: int | None) -> dict[int, tuple[int, str]]:
         """`{version: (State, error message)}` for GetModelStatus, or its NOT_FOUND error."""
-        with self._lock:
-            states = dict(self._states) if name == self.name else {}
+        registry = self.registries.get(name)
+        states = registry.version_states() if registry is not None else {}
         if version is None:
             if not states:
                 raise ServingError(
@@ -180,7 +235,3 @@ class ModelRegistry:
                 grpc.StatusCode.NOT_FOUND, f"Could not find version {version} of model {name}"
             )
         return {version: states[version]}
-
-    def _set_state(self, version: int, state: int, error: str = "") -> None:
-        with self._lock:
-            self._states[version] = (state, error)

@@ -1,5 +1,6 @@
-"""One `PredictRequest` against one signature: checked, run, and failed the way
-TensorFlow Serving fails it (INVALID_ARGUMENT with its messages, where it has them).
+"""One `PredictRequest` against one `SignatureDef`: checked, run by tensor name in the
+version's session, and failed the way TensorFlow Serving fails it (INVALID_ARGUMENT
+with its messages, where it has them).
 
 Shapes and the batch limit are checked on the TensorProto's declared shape before
 any array is built, so a request cannot make the server allocate more than the
@@ -13,7 +14,8 @@ import numpy as np
 import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2
 
-from serving.model_registry import ServingError
+from serving.model_registry import LoadedVersion, ServingError
+from serving.session_bundle import op_message
 
 
 def _invalid(message: str) -> ServingError:
@@ -24,9 +26,9 @@ def _set_text(names) -> str:
     return "{" + ",".join(sorted(names)) + "}"
 
 
-def output_aliases(request: predict_pb2.PredictRequest, signature) -> list[str]:
+def output_aliases(request: predict_pb2.PredictRequest, signature_def) -> list[str]:
     """The outputs to return: `request.output_filter`, or all of the signature's."""
-    available = set(signature.structured_outputs)
+    available = set(signature_def.outputs)
     wanted = list(request.output_filter)
     for alias in wanted:
         if alias not in available:
@@ -40,10 +42,13 @@ def output_aliases(request: predict_pb2.PredictRequest, signature) -> list[str]:
 
 
 def input_arrays(
-    request: predict_pb2.PredictRequest, signature, max_batch_size: int | None
+    request: predict_pb2.PredictRequest, signature_def, max_batch_size: int | None
 ) -> dict[str, np.ndarray]:
-    """The request's inputs as arrays that fit the signature, or INVALID_ARGUMENT."""
-    specs = signature.structured_input_signature[1]
+    """The request's inputs as arrays that fit the SignatureDef, or INVALID_ARGUMENT."""
+    specs = {
+        alias: (tf.dtypes.as_dtype(info.dtype), tf.TensorShape(info.tensor_shape))
+        for alias, info in signature_def.inputs.items()
+    }
     sent, expected = set(request.inputs), set(specs)
     if len(sent) != len(expected):
         raise _invalid(
@@ -59,17 +64,17 @@ def input_arrays(
         )
     arrays = {}
     for position, name in enumerate(sorted(specs)):
-        spec, proto = specs[name], request.inputs[name]
+        (dtype, spec_shape), proto = specs[name], request.inputs[name]
         received = _dtype_name(proto.dtype)
-        if received != spec.dtype.name:
+        if received != dtype.name:
             raise _invalid(
-                f"Expects arg[{position}] to be {spec.dtype.name} but {received} is provided "
+                f"Expects arg[{position}] to be {dtype.name} but {received} is provided "
                 f"(input '{name}')"
             )
         shape = [dim.size for dim in proto.tensor_shape.dim]
-        if proto.tensor_shape.unknown_rank or not spec.shape.is_compatible_with(shape):
+        if proto.tensor_shape.unknown_rank or not spec_shape.is_compatible_with(shape):
             raise _invalid(
-                f"input '{name}' must have shape {_shape_text(spec.shape)}; received shape {shape}"
+                f"input '{name}' must have shape {_shape_text(spec_shape)}; received shape {shape}"
             )
         if max_batch_size is not None and shape and shape[0] > max_batch_size:
             raise _invalid(
@@ -83,13 +88,15 @@ def input_arrays(
     return arrays
 
 
-def run_signature(signature, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Calls the signature; a graph error (e.g. undecodable bytes) keeps its status code."""
+def run_signature(
+    loaded: LoadedVersion, signature_name: str, arrays: dict[str, np.ndarray], aliases: list[str]
+) -> dict[str, np.ndarray]:
+    """Runs the signature's tensors in the version's session; a graph error (e.g.
+    undecodable bytes) keeps its status code and message, as in TF Serving."""
     try:
-        outputs = signature(**{name: tf.constant(array) for name, array in arrays.items()})
+        return loaded.run(signature_name, arrays, aliases)
     except tf.errors.OpError as error:
-        raise ServingError(_grpc_code(error.error_code), _op_message(error.message)) from error
-    return {name: tensor.numpy() for name, tensor in outputs.items()}
+        raise ServingError(_grpc_code(error.error_code), op_message(error.message)) from error
 
 
 def _dtype_name(enum_value: int) -> str:
@@ -101,13 +108,6 @@ def _dtype_name(enum_value: int) -> str:
 
 def _shape_text(shape: tf.TensorShape) -> str:
     return "[" + ", ".join("-1" if size is None else str(size) for size in shape.as_list()) + "]"
-
-
-def _op_message(message: str) -> str:
-    """The failing op's own message, without the "Graph execution error: Detected at
-    node ..." preamble eager TensorFlow adds (TF Serving answers with the op's message)."""
-    preamble, marker, rest = message.partition("<stack traces unavailable>")
-    return (rest if marker else preamble).strip()
 
 
 def _grpc_code(error_code: int) -> grpc.StatusCode:

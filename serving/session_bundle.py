@@ -58,3 +58,9 @@ class SessionBundle:
 
     def close(self) -> None:
         self.session.close()
+
+
+def op_message(message: str) -> str:
+    """A graph error's own message, without the "Graph execution error:" preamble that
+    Python's session adds (TF Serving's C++ session answers with the op's message)."""
+    return message.removeprefix("Graph execution error:").strip()

@@ -29,6 +29,7 @@ TINY_SHAPE = (28, 28, 1)
 TINY_BITS = 16
 MODEL_NAME = "harr"
 READY_LINE = re.compile(r"serving model (?P<name>\S+) version (?P<version>\d+) on (?P<address>\S+)")
+REST_LINE = re.compile(r"serving REST API on (?P<address>\S+)")
 
 
 def sample_images(count: int, shape: tuple[int, int, int] = TINY_SHAPE, seed: int = 0):
@@ -111,25 +112,29 @@ class ServingProcess:
 
     `start()` returns once it prints its ready line; `address` is then
     "127.0.0.1:PORT" (`start(wait=False)` returns at once, for a server that waits
-    for its first version). `stop()` sends SIGTERM and returns the exit status. Output
-    (stdout and stderr) is collected in `lines`.
+    for its first version), and with `--rest-api-port` among the arguments
+    `rest_address` the REST API's. `base_path` None leaves the models to the
+    arguments (`--model-config-file`). `stop()` sends SIGTERM and returns the exit
+    status. Output (stdout and stderr) is collected in `lines`.
     """
 
-    def __init__(self, base_path: Path, *extra_args: str, model_name: str = MODEL_NAME) -> None:
+    def __init__(
+        self, base_path: Path | None, *extra_args: str, model_name: str = MODEL_NAME
+    ) -> None:
+        models = [] if base_path is None else ["--model-base-path", str(base_path)]
         self.command = [
             sys.executable,
             "-m",
             "serving.server",
-            "--model-base-path",
-            str(base_path),
-            "--model-name",
-            model_name,
+            *models,
+            *(["--model-name", model_name] if base_path is not None else []),
             "--port",
             "0",
             *extra_args,
         ]
         self.lines: list[str] = []
         self.address: str | None = None
+        self.rest_address: str | None = None
         self._process: subprocess.Popen | None = None
         self._reading = True
         self._changed = threading.Condition()
@@ -152,6 +157,8 @@ class ServingProcess:
         threading.Thread(target=self._read_output, daemon=True).start()
         if wait:
             self.address = self.wait_for(READY_LINE, timeout)["address"]
+            if "--rest-api-port" in self.command:
+                self.rest_address = self.wait_for(REST_LINE, timeout)["address"]
         return self
 
     def wait_for(self, pattern: re.Pattern, timeout: float = 60.0, after: int = 0) -> re.Match:
@@ -221,9 +228,10 @@ def exported_base(tiny_run_dir, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def serving_process(exported_base):
-    """Yields the running `ServingProcess` over `exported_base` (model "harr"),
-    shared by the session; stopped with SIGTERM at the end, which must exit 0."""
-    process = ServingProcess(exported_base).start()
+    """Yields the running `ServingProcess` over `exported_base` (model "harr"), with
+    its REST API on (`rest_address`), shared by the session; stopped with SIGTERM at
+    the end, which must exit 0."""
+    process = ServingProcess(exported_base, "--rest-api-port", "0").start()
     yield process
     assert process.stop() == 0, "\n".join(process.lines[-30:])
 

@@ -22,7 +22,7 @@ from tensorflow_serving.apis import prediction_log_pb2
 
 from harr_tf.data import load_dataset
 from harr_tf.encoder import encode_images
-from serving import METADATA_FILE, OUTPUTS, WARMUP_FILE, export
+from serving import METADATA_FILE, OUTPUTS, WARMUP_FILE, export, layout
 from serving.layout import servable_versions
 from serving.model_registry import LoadedVersion
 from serving.session_bundle import SessionBundle
@@ -319,7 +319,7 @@ def test_next_export_removes_staging_that_no_live_exporter_writes(encoder, tmp_p
         for directory in staging.values():
             (directory / "variables").mkdir(parents=True)
             (directory / "saved_model.pb").write_bytes(b"half written")
-        long_ago = time.time() - export.STALE_STAGING_SECONDS - 60
+        long_ago = time.time() - layout.STALE_STAGING_SECONDS - 60
         for name in ("old, unnamed owner", "old, another host"):
             os.utime(staging[name], (long_ago, long_ago))
         assert export.export_encoder(encoder, base) == base / "1"

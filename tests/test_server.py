@@ -11,6 +11,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from google.protobuf import text_format
 from serving_support import (
     MODEL_NAME,
     READY_LINE,
@@ -28,10 +29,13 @@ from tensorflow_serving.apis import (
     model_service_pb2_grpc,
     prediction_service_pb2_grpc,
 )
+from tensorflow_serving.config.model_server_config_pb2 import ModelServerConfig
 
 from harr_tf.encoder import encode_images
 from serving.export import export_run
+from serving.model_config import add_model_to_config
 from serving.server import GRPC_OPTIONS
+from serving.signatures import EncoderServingGraph
 
 State = get_model_status_pb2.ModelVersionStatus.State
 
@@ -257,23 +261,50 @@ def test_versions_are_picked_up_as_they_appear_and_a_broken_one_is_not(tiny_run_
         broken = base / "3"
         shutil.copytree(base / "2", broken)
         (broken / "saved_model.pb").write_bytes(b"truncated")
+        # Version 4: the variables are not under the restore op (TF2's loader would run it).
+        write_module_export(other_run, tmp_path / "module_export")
+        shutil.copytree(base / "2" / "assets.extra", tmp_path / "module_export" / "assets.extra")
+        (tmp_path / "module_export").rename(base / "4")
         status_request = get_model_status_pb2.GetModelStatusRequest()
         status_request.model_spec.name = MODEL_NAME
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             states = models.GetModelStatus(status_request, timeout=30).model_version_status
-            if any(s.version == 3 and s.state == State.END for s in states):
+            if {s.version for s in states if s.state == State.END} >= {1, 3, 4}:
                 break
             time.sleep(0.2)
         by_version = {s.version: s for s in states}
-        assert [by_version[v].state for v in (1, 2, 3)] == [State.END, State.AVAILABLE, State.END]
+        states = [by_version[v].state for v in (1, 2, 3, 4)]
+        assert states == [State.END, State.AVAILABLE, State.END, State.END]
         assert by_version[3].status.error_code != 0 and by_version[3].status.error_message
+        assert "Could not find variable" in by_version[4].status.error_message
         response = prediction.Predict(request, timeout=30)
         assert response.model_spec.version.value == 2  # still serving the good version
         started = time.monotonic()
         assert server.stop() == 0
         assert time.monotonic() - started < 15
         assert "shutting down" in server.lines
+
+
+def write_module_export(run_dir, directory):
+    """The export as it was before `keras.export.ExportArchive`: a `tf.Module` holding
+    the Keras 3 encoder, saved with both signatures. TF2's `tf.saved_model.load` runs
+    it; TF Serving's session loader does not restore its variables
+    (keras-team/keras#20096), so it must never serve."""
+    encoder = keras.saving.load_model(run_dir / f"bits_{TINY_BITS}" / "encoder.keras")
+    graph = EncoderServingGraph(encoder)
+    module = tf.Module()
+    module.encoder = encoder
+    signatures = {
+        "serving_default": tf.function(
+            graph._encode_images, input_signature=[tf.TensorSpec([None], tf.string, "images")]
+        ),
+        "encode_pixels": tf.function(
+            graph._encode_pixels,
+            input_signature=[tf.TensorSpec([None, *TINY_SHAPE], tf.float32, "pixels")],
+        ),
+    }
+    tf.saved_model.save(module, str(directory), signatures=signatures)
 
 
 def rss_kib(pid: int) -> int:
@@ -350,3 +381,60 @@ def test_a_port_in_use_is_a_clear_error(serving_process, exported_base):
     with ServingProcess(exported_base, "--port", port).start(wait=False) as second:
         second.wait_for(re.compile(rf"--port {port}: cannot bind this address"))
         assert second.wait() == 1
+
+
+def test_model_config_file_serves_several_models_by_their_version_policies(
+    exported_base, tiny_run_dir, tmp_path
+):
+    base = tmp_path / "harr_two"
+    shutil.copytree(exported_base / "1", base / "1")
+    other_run = make_tiny_run(tmp_path / "other_run", seed=1)
+    export_run(other_run, base)  # version 2
+    config_file = tmp_path / "models.config"
+    add_model_to_config(config_file, "harr", base)  # as serving.export writes it: latest
+    config = text_format.Parse(config_file.read_text(), ModelServerConfig())
+    for name, policy in (("harr_all", "all {}"), ("harr_v1", "specific { versions: 1 }")):
+        model = config.model_config_list.config.add(name=name, base_path=str(base))
+        text_format.Parse(policy, model.model_version_policy)
+    config_file.write_text(text_format.MessageToString(config))
+    images = sample_images(3, seed=4)
+    codes = {1: expected_outputs(tiny_run_dir, images)[0]}
+    codes[2] = expected_outputs(other_run, images)[0]
+
+    with ServingProcess(None, "--model-config-file", str(config_file)).start() as server:
+        for name in ("harr", "harr_all", "harr_v1"):
+            server.wait_for(re.compile(rf"serving model {name} version"))
+        prediction, models = stubs(server.address)
+        served = {"harr": [2], "harr_all": [1, 2], "harr_v1": [1]}
+        for name, versions in served.items():
+            request = get_model_status_pb2.GetModelStatusRequest()
+            request.model_spec.name = name
+            status = models.GetModelStatus(request, timeout=30).model_version_status
+            available = [(v, State.AVAILABLE) for v in versions]
+            assert [(s.version, s.state) for s in status] == available
+            for version in [None, *versions]:
+                request = predict_request({"images": encoded_images(images)}, name, "", version)
+                response = prediction.Predict(request, timeout=30)
+                assert response.model_spec.name == name
+                assert response.model_spec.version.value == (version or max(versions))
+                expected = codes[version or max(versions)]
+                np.testing.assert_array_equal(outputs_of(response)["codes"], expected)
+        request = predict_request({"images": []}, "harr_v1", "", 2)
+        assert status_of(prediction.Predict, request) == (
+            grpc.StatusCode.NOT_FOUND,
+            "Servable not found for request: Specific(harr_v1, 2)",
+        )
+
+
+def test_a_model_config_naming_a_missing_base_path_is_one_line_at_start(tmp_path):
+    config_file = tmp_path / "models.config"
+    config_file.write_text(
+        f'model_config_list {{ config {{ name: "harr" base_path: "{tmp_path / "nowhere"}" }} }}'
+    )
+    with ServingProcess(None, "--model-config-file", str(config_file)).start(wait=False) as server:
+        assert server.wait() == 1
+    assert server.lines[-1] == (
+        f"error: --model-config-file {config_file}: model harr: base_path "
+        f"'{tmp_path / 'nowhere'}' is not a directory"
+    )
+    assert not [line for line in server.lines if "Traceback" in line]
