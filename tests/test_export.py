@@ -16,14 +16,17 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import yaml
+from google.protobuf import text_format
 from serving_support import TINY_BITS, TINY_SHAPE, encoded_images, make_tiny_run, sample_images
 from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow_serving.apis import prediction_log_pb2
+from tensorflow_serving.config.model_server_config_pb2 import ModelServerConfig
 
 from harr_tf.data import load_dataset
 from harr_tf.encoder import encode_images
 from serving import METADATA_FILE, OUTPUTS, WARMUP_FILE, export, layout
 from serving.layout import servable_versions
+from serving.model_config import add_model_to_config
 from serving.model_registry import LoadedVersion
 from serving.session_bundle import SessionBundle
 
@@ -285,9 +288,28 @@ def test_export_is_atomic_and_numbers_versions(encoder, tmp_path, monkeypatch):
 
 def test_cli_exports_and_names_bad_input(tiny_run_dir, tmp_path, capsys):
     base = tmp_path / "harr"
-    assert export.main(["--run-dir", str(tiny_run_dir), "--model-base-path", str(base)]) == 0
+    config_file = tmp_path / "models.config"
+    arguments = ["--run-dir", str(tiny_run_dir), "--model-base-path", str(base)]
+    assert export.main([*arguments, "--write-model-config", str(config_file)]) == 0
     assert f"to {base / '1'}" in capsys.readouterr().out
     assert (base / "1" / "saved_model.pb").is_file()
+    # TF Serving's ModelServerConfig, which --model_config_file reads; adding the model
+    # again (the next export) keeps one entry, and its version policy.
+    add_model_to_config(config_file, "harr_16", tmp_path / "elsewhere")
+    config = text_format.Parse(config_file.read_text(), ModelServerConfig())
+    assert [(m.name, m.base_path, m.model_platform) for m in config.model_config_list.config] == [
+        ("harr", str(base.resolve()), "tensorflow"),
+        ("harr_16", str((tmp_path / "elsewhere").resolve()), "tensorflow"),
+    ]
+    config.model_config_list.config[0].model_version_policy.all.SetInParent()
+    config_file.write_text(text_format.MessageToString(config))
+    add_model_to_config(config_file, "harr", base)
+    again = text_format.Parse(config_file.read_text(), ModelServerConfig())
+    assert len(again.model_config_list.config) == 2
+    assert again.model_config_list.config[0].model_version_policy.HasField("all")
+    config_file.write_text("not a config {")
+    with pytest.raises(ValueError, match=r"models.config: not a ModelServerConfig"):
+        add_model_to_config(config_file, "harr", base)
     with pytest.raises(SystemExit, match=r"no trained encoder bits_32/encoder.keras.*\[16\]"):
         export.main(
             ["--run-dir", str(tiny_run_dir), "--bits", "32", "--model-base-path", str(base)]
