@@ -4,10 +4,11 @@
 
 On the same images of the run's dataset, at each batch size: `model.predict`
 of the Keras encoder over all of them, and batch by batch the SavedModel's
-`encode_pixels` signature (same float pixels) and its `serving_default` signature
-(PNG bytes, decoded and resized in the graph). The methods take turns, repeat by
-repeat, so machine noise hits them alike; each cell is the median of the repeats,
-and the codes of the three are compared.
+`encode_pixels` signature (same float pixels; loaded by TF2's `tf.saved_model.load`,
+and by TF Serving's session loader, `serving.session_bundle`) and its `serving_default`
+signature (PNG bytes, decoded and resized in the graph). The methods take turns,
+repeat by repeat, so machine noise hits them alike; each cell is the median of the
+repeats, and the codes of all are compared.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from harr_tf.data import load_dataset
 from harr_tf.layers import sign_codes
 from serving import IMAGES_INPUT, IMAGES_SIGNATURE, PIXELS_INPUT, PIXELS_SIGNATURE
 from serving.export import export_encoder, load_run_encoder
+from serving.session_bundle import SessionBundle
 
 
 def batched(signature, name: str):
@@ -55,11 +57,13 @@ def main() -> None:
 
     encoder, config = load_run_encoder(args.run_dir, args.bits)
     dataset = load_dataset(config["dataset"], data_dir=config.get("data_dir"))
-    images = dataset.images[: args.images]
+    images = dataset.read(np.arange(min(args.images, dataset.num_items)))
     pixels = images.astype(np.float32)
     encoded = [tf.io.encode_png(image).numpy() for image in images]
     with tempfile.TemporaryDirectory() as base:
-        model = tf.saved_model.load(str(export_encoder(encoder, base, config=config)))
+        version_dir = export_encoder(encoder, base, config=config)
+        model = tf.saved_model.load(str(version_dir))
+        bundle = SessionBundle(version_dir)
         from_pixels = model.signatures[PIXELS_SIGNATURE]
         from_bytes = model.signatures[IMAGES_SIGNATURE]
         methods = {
@@ -67,6 +71,14 @@ def main() -> None:
                 sign_codes(encoder.predict(data, batch_size=batch_size, verbose=0))
             ),
             "SavedModel encode_pixels": batched(from_pixels, PIXELS_INPUT),
+            "session encode_pixels": lambda data, batch_size: np.concatenate(
+                [
+                    bundle.run(PIXELS_SIGNATURE, {PIXELS_INPUT: data[start : start + batch_size]})[
+                        "codes"
+                    ]
+                    for start in range(0, len(data), batch_size)
+                ]
+            ),
             "SavedModel serving_default (PNG)": batched(from_bytes, IMAGES_INPUT),
         }
         inputs = {name: encoded if "PNG" in name else pixels for name in methods}

@@ -3,7 +3,8 @@
     python benchmarks/serving_speed.py --run-dir runs/default --bits 64
 
 1. Throughput (images/s) of the `serving_default` signature on PNG bytes of the run's
-   dataset: called in this process, batch by batch, and through `python -m serving.server`
+   dataset: run in this process (loaded as the server and TF Serving load it: own graph and
+   session, `serving.session_bundle`), batch by batch, and through `python -m serving.server`
    with `serving.client` at each batch size and concurrency. The methods take turns, repeat
    by repeat, so machine noise hits them alike; each cell is the median of the repeats.
 2. Latency (p50 / p99) of one-image requests, sequential, next to one in-process call.
@@ -60,26 +61,29 @@ def grpc_tables(args: argparse.Namespace) -> None:
     from serving import IMAGES_INPUT, IMAGES_SIGNATURE
     from serving.client import ServingClient, map_concurrently
     from serving.export import export_encoder, load_run_encoder
+    from serving.session_bundle import SessionBundle
 
     encoder, config = load_run_encoder(args.run_dir, args.bits)
-    images = load_dataset(config["dataset"], data_dir=config.get("data_dir")).images
-    encoded = [tf.io.encode_png(image).numpy() for image in images[: args.images]]
+    dataset = load_dataset(config["dataset"], data_dir=config.get("data_dir"))
+    images = dataset.read(np.arange(min(args.images, dataset.num_items)))
+    encoded = [tf.io.encode_png(image).numpy() for image in images]
     temporary = tempfile.TemporaryDirectory()
     base = Path(temporary.name) / args.model
     version_dir = export_encoder(encoder, base, config=config)
-    signature = tf.saved_model.load(str(version_dir)).signatures[IMAGES_SIGNATURE]
+    # In process, the SavedModel loaded the way the server (and TF Serving) loads it.
+    bundle = SessionBundle(version_dir)
+
+    def signature(batch: list[bytes]) -> np.ndarray:
+        inputs = {IMAGES_INPUT: np.array(batch, object)}
+        return bundle.run(IMAGES_SIGNATURE, inputs, ["codes"])["codes"]
+
     process, address = start_server(base, args.model)
     client = ServingClient(address, args.model)
     client.describe()
 
-    def in_process(data, batch_size, _):
+    def in_process(data, size, _):
         return np.concatenate(
-            [
-                signature(**{IMAGES_INPUT: tf.constant(data[start : start + batch_size])})[
-                    "codes"
-                ].numpy()
-                for start in range(0, len(data), batch_size)
-            ]
+            [signature(data[start : start + size]) for start in range(0, len(data), size)]
         )
 
     def over_grpc(data, batch_size, concurrency):
@@ -114,7 +118,7 @@ def grpc_tables(args: argparse.Namespace) -> None:
         one_image = {"in-process": [], "gRPC": []}
         for image in encoded[: args.latency_requests]:
             start = time.perf_counter()
-            signature(**{IMAGES_INPUT: tf.constant([image])})
+            signature([image])
             one_image["in-process"].append(time.perf_counter() - start)
             start = time.perf_counter()
             client.predict([image])
