@@ -24,7 +24,8 @@ FLAGS = [
         None,
         "dataset",
         str,
-        "fashion_mnist | mnist | cifar10 | tfds:NAME[:SPLIT] | idx:DIR | folder:DIR | npz:FILE",
+        "fashion_mnist | mnist | cifar10 | tfds:NAME[:SPLIT] | idx:DIR | folder:DIR | "
+        "tfrecord:PATTERN | npz:FILE (docs/collections.md)",
     ),
     (
         "--data-dir",
@@ -42,7 +43,15 @@ FLAGS = [
         lambda s: tuple(int(b) for b in s.split(",")),
         "comma-separated code lengths, one model each (multiples of 8)",
     ),
-    ("--epochs", None, "epochs", int, "training epochs per model"),
+    ("--epochs", None, "epochs", int, "training epochs per model (instead of --steps)"),
+    (
+        "--steps",
+        None,
+        "steps",
+        int,
+        "training steps per model, rounded up to whole epochs (default: 1170, "
+        "Fashion-MNIST's 30 epochs of 39 batches, whatever the dataset's size)",
+    ),
     (
         "--steps-per-epoch",
         None,
@@ -57,6 +66,30 @@ FLAGS = [
         "train_size",
         lambda s: s if s == "all" else int(s),
         "training images: N (spread evenly over classes) or 'all' of the database",
+    ),
+    (
+        "--queries-per-class",
+        None,
+        "queries_per_class",
+        int,
+        "evaluation queries per class (default: the protocol's; a class too small for "
+        "the protocol gives at most a tenth of its items)",
+    ),
+    (
+        "--validation-per-class",
+        None,
+        "validation_per_class",
+        int,
+        "validation queries per class, from the database (default: the protocol's; "
+        "at most a tenth of a small class)",
+    ),
+    (
+        "--image-size",
+        None,
+        "image_size",
+        int,
+        "side of the square images the network sees (default: the native size of images "
+        "up to 96 px, else 64 for small_cnn; 224 for pretrained backbones)",
     ),
     (
         "--learning-rate",
@@ -103,7 +136,9 @@ FLAGS = [
         str,
         "what the WTA structure ranks: sqrt_smoothed_pixels (square roots of the "
         "intensities, then as smoothed_pixels) | smoothed_pixels (contrast-normalised, "
-        "blurred, standardised) | pixels",
+        "blurred, standardised) | pixels | backbone (the frozen backbone's pooled features, "
+        "with --weights, the paper's teacher) | file:FEATURES.npz (arrays 'ids' and "
+        "'features' computed elsewhere)",
     ),
     ("--permutations", "wta", "num_permutations", int, "P, number of WTA permutations"),
     ("--window", "wta", "window", int, "K, WTA window size"),
@@ -168,6 +203,9 @@ def resolve_config(args: argparse.Namespace):
         given = getattr(args, field)
         if given is not None:
             (values[section] if section else values)[field] = given
+    for given, other in (("epochs", "steps"), ("steps", "epochs")):  # the flag given wins
+        if getattr(args, given) is not None and getattr(args, other) is None:
+            values[other] = None
     config = from_dict(TrainConfig, values)
     if args.resume:
         check_resumable(saved, config)

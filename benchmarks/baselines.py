@@ -15,9 +15,11 @@ import argparse
 import json
 import time
 
+import numpy as np
+
 from harr_tf.baselines import METHODS, evaluate_baseline, exact_map
 from harr_tf.data import get_protocol, load_dataset, make_split
-from harr_tf.features import FEATURE_SOURCES, wta_features
+from harr_tf.features import PIXEL_SOURCES, wta_features
 
 
 def parse_args() -> argparse.Namespace:
@@ -29,7 +31,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--features",
         default="pixels",
-        choices=FEATURE_SOURCES,
+        choices=PIXEL_SOURCES,
         help="feature source the baselines hash (default: pixels)",
     )
     parser.add_argument("--protocol", default="standard", help="evaluation protocol name")
@@ -48,7 +50,7 @@ def main() -> None:
     protocol = get_protocol(args.protocol)
     split = make_split(dataset.labels, dataset.num_items, protocol, seed=args.seed)
     top_k = protocol.multi_label_top_k if dataset.multi_label else protocol.top_k
-    features = wta_features(dataset.images, args.features)
+    features = wta_features(dataset.read(np.arange(dataset.num_items)), args.features)
     print(
         f"{dataset.name} ({dataset.source}): {len(split.query)} queries, "
         f"{len(split.database)} database, {len(split.train)} training images, "

@@ -5,18 +5,22 @@ class, and the precision of each image's 100 most WTA-similar images.
 Labels are read here only to score the teacher; training never sees them.
 
     .venv/bin/python benchmarks/wta_teacher.py --windows 4,8
+    .venv/bin/python benchmarks/wta_teacher.py --dataset cifar10 --sources backbone \\
+        --backbone resnet50 --weights imagenet
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 import numpy as np
 from tqdm import tqdm
 
-from harr_tf.data import get_protocol, load_dataset, make_split
-from harr_tf.features import FEATURE_SOURCES, wta_features
-from harr_tf.wta import batch_similarity, encode_wta, make_permutation_table
+from harr_tf.config import ModelConfig, TrainConfig, WTAConfig
+from harr_tf.features import FEATURE_SOURCES
+from harr_tf.run import build_wta_structure, load_run_data
+from harr_tf.wta import batch_similarity
 
 FRACTIONS = (0.01, 0.05, 0.1)
 
@@ -43,17 +47,32 @@ def main() -> None:
     parser.add_argument("--windows", default="4,8", help="comma-separated WTA windows K")
     parser.add_argument("--permutations", type=int, default=512, help="P")
     parser.add_argument("--seed", type=int, default=0, help="split and permutation seed")
+    parser.add_argument(
+        "--sources",
+        default=",".join(FEATURE_SOURCES),
+        help="comma-separated feature sources (file:FEATURES.npz too)",
+    )
+    parser.add_argument("--backbone", default="small_cnn", help="network of the backbone source")
+    parser.add_argument("--weights", default="none", help="its weights: imagenet | none | PATH")
+    parser.add_argument("--image-size", type=int, help="train.py's --image-size")
     args = parser.parse_args()
-    dataset = load_dataset(args.dataset)
-    split = make_split(dataset.labels, dataset.num_items, get_protocol("standard"), seed=args.seed)
-    images, labels = dataset.images[split.train], dataset.labels[split.train]
+    config = TrainConfig(
+        dataset=args.dataset,
+        seed=args.seed,
+        image_size=args.image_size,
+        model=ModelConfig(backbone=args.backbone, weights=args.weights),
+    )
+    data = load_run_data(config)
+    labels = data.dataset.labels[data.split.train]
     rows = []
-    runs = [(s, int(k)) for s in FEATURE_SOURCES for k in args.windows.split(",")]
+    runs = [(s, int(k)) for s in args.sources.split(",") for k in args.windows.split(",")]
     for source, window in tqdm(runs, desc="feature sources"):
-        features = wta_features(images, source)
-        table = make_permutation_table(features.shape[1], args.permutations, window, args.seed)
-        rows.append((source, window, teacher_quality(encode_wta(features, table), labels, window)))
-    print(f"{dataset.name}: {len(images)} training images, P = {args.permutations}")
+        wta = WTAConfig(features=source, num_permutations=args.permutations, window=window)
+        structure = build_wta_structure(
+            data.dataset, data.split.train, dataclasses.replace(config, wta=wta)
+        )
+        rows.append((source, window, teacher_quality(structure.codes, labels, window)))
+    print(f"{data.dataset.name}: {len(labels)} training images, P = {args.permutations}")
     columns = list(rows[0][2])
     print(f"{'feature source':22s} {'K':>3s} " + " ".join(f"{c:>9s}" for c in columns))
     for source, window, result in rows:

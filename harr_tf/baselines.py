@@ -18,7 +18,7 @@ ranked by Euclidean distance (DESIGN's "exact L2 on pixels").
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 
 import faiss
 import numpy as np
@@ -90,14 +90,50 @@ def evaluate_baseline(
     seed: int = 0,
 ) -> float:
     """mAP@top_k of one baseline: fitted on the training split, queries vs database."""
-    project = train_hasher(method, features[split.train], bits, seed)
-    return mean_average_precision(
-        hash_codes(project, features[split.query]),
-        hash_codes(project, features[split.database]),
-        labels[split.query],
-        labels[split.database],
-        top_k=top_k,
+    found = evaluate_baselines(
+        lambda rows: [features[rows]], labels, split, (bits,), top_k, seed, methods=(method,)
     )
+    return found[method][bits]
+
+
+def evaluate_baselines(
+    features: Callable[[np.ndarray], Iterable[np.ndarray]],
+    labels: np.ndarray,
+    split: ProtocolSplit,
+    bits: Sequence[int],
+    top_k: int | None,
+    seed: int = 0,
+    methods: Sequence[str] = METHODS,
+) -> dict[str, dict[int, float]]:
+    """mAP@top_k of each baseline of `methods` at each code length, `{method: {bits: mAP}}`.
+
+    `features(indices)` yields the (n, d) features of `indices` in order, chunk by
+    chunk: the baselines are fitted on the training split's, then the queries and the
+    database are hashed one chunk at a time, so only codes are held for the collection.
+    """
+    train = np.concatenate(list(features(split.train)))
+    hashers = {(m, b): train_hasher(m, train, b, seed) for m in methods for b in bits}
+    del train
+    codes = {}
+    for part in ("query", "database"):
+        parts = {key: [] for key in hashers}
+        for chunk in features(getattr(split, part)):
+            for key, project in hashers.items():
+                parts[key].append(hash_codes(project, chunk))
+        codes[part] = {key: np.concatenate(chunks) for key, chunks in parts.items()}
+    return {
+        method: {
+            b: mean_average_precision(
+                codes["query"][method, b],
+                codes["database"][method, b],
+                labels[split.query],
+                labels[split.database],
+                top_k=top_k,
+            )
+            for b in bits
+        }
+        for method in methods
+    }
 
 
 def exact_map(

@@ -11,36 +11,36 @@ import numpy as np
 from harr_tf.atomic import write_json_atomically
 from harr_tf.config import WTAConfig
 from harr_tf.encoder import encode_images
+from harr_tf.features import wta_codes
 from harr_tf.retrieval import mean_average_precision
-from harr_tf.wta import encode_wta, estimate_thresholds, make_permutation_table
+from harr_tf.wta import estimate_thresholds
 
 
 class RetrievalEvaluation(keras.callbacks.Callback):
     """Writes `val_map` (mAP@top_k of validation queries against a database) into the
     epoch logs every `every` epochs, so checkpoints and tuners can monitor it.
 
-    Holds NumPy arrays only (no tf.data objects), so tuners can deep-copy it.
-    The query set of the protocol is never passed here.
+    Holds the dataset (ids, labels, a reader) and index arrays: the images are streamed
+    at each evaluation, never kept. The query set of the protocol is never passed here.
 
     Args:
-        query_images, query_labels: validation queries drawn from the database.
-        database_images, database_labels: what they are ranked against.
+        dataset: the `ImageDataset` (with labels).
+        queries: indices of the validation queries, drawn from the database (ascending).
+        database: indices of what they are ranked against (ascending).
         top_k: the K of mAP@K; None for the whole database.
         every: evaluate every this many epochs (and always after the last).
     """
 
     def __init__(
         self,
-        query_images: np.ndarray,
-        query_labels: np.ndarray,
-        database_images: np.ndarray,
-        database_labels: np.ndarray,
+        dataset,
+        queries: np.ndarray,
+        database: np.ndarray,
         top_k: int | None = 1000,
         every: int = 1,
     ) -> None:
         super().__init__()
-        self.query_images, self.query_labels = query_images, query_labels
-        self.database_images, self.database_labels = database_images, database_labels
+        self.dataset, self.queries, self.database = dataset, queries, database
         self.top_k = top_k
         self.every = every
         self.last_map: float | None = None
@@ -49,12 +49,12 @@ class RetrievalEvaluation(keras.callbacks.Callback):
         last = epoch + 1 == self.params.get("epochs")
         if (epoch + 1) % self.every and not last:
             return
-        encoder = self.model.encoder
+        encoder, labels = self.model.encoder, self.dataset.labels
         self.last_map = mean_average_precision(
-            encode_images(encoder, self.query_images),
-            encode_images(encoder, self.database_images),
-            self.query_labels,
-            self.database_labels,
+            encode_images(encoder, self.dataset.images(self.queries)),
+            encode_images(encoder, self.dataset.images(self.database)),
+            labels[self.queries],
+            labels[self.database],
             top_k=self.top_k,
         )
         if logs is not None:
@@ -136,19 +136,23 @@ class WTARefresh(keras.callbacks.Callback):
     Pixels are a weak feature source for WTA; once the backbone has learned
     augmentation-invariant features, their rank order gives better pair targets.
     The new codes are assigned to `codes` (read by the training stream) and the
-    new thresholds to the model's `WTASimilarity` layer.
+    new thresholds to the model's `WTASimilarity` layer. Features are computed in
+    streamed batches; only the codes are kept.
 
     Args:
-        images: training images (n, H, W, C), aligned with the rows of `codes`.
+        dataset: the `ImageDataset`.
+        indices: the training items (ascending), aligned with the rows of `codes`.
         codes: variable (n, P) uint8 holding the current WTA codes.
         config: the WTA settings (P, K, ρ, pair budget).
         seed: seed of the permutation tables and the pair sample.
         every: epochs between refreshes.
     """
 
-    def __init__(self, images, codes, config: WTAConfig, seed: int, every: int) -> None:
+    def __init__(
+        self, dataset, indices: np.ndarray, codes, config: WTAConfig, seed: int, every: int
+    ) -> None:
         super().__init__()
-        self.images, self.codes, self.config = images, codes, config
+        self.dataset, self.indices, self.codes, self.config = dataset, indices, codes, config
         self.seed, self.every = seed, every
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
@@ -156,18 +160,16 @@ class WTARefresh(keras.callbacks.Callback):
             self.refresh(epoch + 1)
 
     def refresh(self, epoch: int) -> None:
-        backbone = self.model.encoder.get_layer("backbone")
-        features = np.concatenate(
-            [
-                keras.ops.convert_to_numpy(backbone(self.images[i : i + 512], training=False))
-                for i in range(0, len(self.images), 512)
-            ]
-        )
         config = self.config
-        table = make_permutation_table(
-            features.shape[1], config.num_permutations, config.window, seed=self.seed + epoch
+        _, codes = wta_codes(
+            self.dataset,
+            self.indices,
+            "backbone",
+            num_permutations=config.num_permutations,
+            window=config.window,
+            seed=self.seed + epoch,
+            network=self.model.encoder.get_layer("backbone"),
         )
-        codes = encode_wta(features, table)
         thresholds = estimate_thresholds(
             codes, config.window, config.positive_fraction, config.max_pairs, seed=self.seed
         )

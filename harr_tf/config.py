@@ -75,10 +75,14 @@ class TrainConfig:
     data_dir: str | None = None
     protocol: str = "standard"
     bits: tuple[int, ...] = (16, 32, 64)
-    epochs: int = 30
+    epochs: int | None = None  # None: as many as `steps` needs
+    steps: int | None = None  # None: harr_tf.run.DEFAULT_STEPS (1,170) unless epochs is set
     steps_per_epoch: int | None = None
     batch_size: int = 128
     train_size: int | str | None = None  # None: the protocol's; "all": the whole database
+    queries_per_class: int | None = None  # None: the protocol's
+    validation_per_class: int | None = None  # None: the protocol's
+    image_size: int | None = None  # None: harr_tf.data.image_size's default for the backbone
     learning_rate: float = 0.05
     momentum: float = 0.9
     weight_decay: float = 1e-5
@@ -100,9 +104,17 @@ class TrainConfig:
                 f"`train_size` must be an integer or 'all'. "
                 f"Received: train_size={self.train_size!r}"
             )
-        for name in ("epochs", "eval_every"):
-            if getattr(self, name) < 1:
+        for name in ("epochs", "eval_every", "steps", "image_size"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"`{name}` must be >= 1. Received: {name}={getattr(self, name)}")
+        if self.epochs is not None and self.steps is not None:
+            raise ValueError(
+                "`epochs` and `steps` both set the training length: give one. "
+                f"Received: epochs={self.epochs}, steps={self.steps}"
+            )
+        for name in ("queries_per_class", "validation_per_class"):
+            if getattr(self, name) is not None and getattr(self, name) < 0:
+                raise ValueError(f"`{name}` must be >= 0. Received: {name}={getattr(self, name)}")
         if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
             raise ValueError(
                 f"`steps_per_epoch` must be >= 1. Received: steps_per_epoch={self.steps_per_epoch}"

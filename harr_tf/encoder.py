@@ -1,10 +1,11 @@
 """The encoder that training produces and serving exports: pixels → backbone → hash head,
-and the one way to turn a collection of images into binary codes with it."""
+and the one way to turn a collection of images (an array or a stream) into binary codes."""
 
 from __future__ import annotations
 
 import keras
 import numpy as np
+import tensorflow as tf
 from tqdm import tqdm
 
 from harr_tf.backbones import build_backbone
@@ -30,12 +31,24 @@ def build_encoder(
 
 
 def encode_images(
-    encoder: keras.Model, images: np.ndarray, batch_size: int = 512, progress: bool = False
+    encoder: keras.Model,
+    images: np.ndarray | tf.data.Dataset,
+    batch_size: int = 512,
+    progress: bool = False,
 ) -> np.ndarray:
-    """±1 int8 codes (n, bits) of pixels (n, H, W, C), in order, without augmentation."""
+    """±1 int8 codes (n, bits) of images, in order, without augmentation.
+
+    `images` is an (n, H, W, C) array or a `tf.data.Dataset` of single (H, W, C) images
+    (`ImageDataset.images(indices)`), read batch by batch: only the codes are kept.
+    """
+    if isinstance(images, np.ndarray):
+        images = tf.data.Dataset.from_tensor_slices(images)
+    count = int(images.cardinality())
+    batches = images.batch(batch_size).map(lambda batch: tf.cast(batch, tf.float32))
+    total = -(-count // batch_size) if count >= 0 else None
     codes = []
-    starts = range(0, len(images), batch_size)
-    for start in tqdm(starts, desc="encoding", unit="batch", disable=not progress):
-        chunk = images[start : start + batch_size].astype(np.float32)
-        codes.append(keras.ops.convert_to_numpy(sign_codes(encoder(chunk, training=False))))
+    for batch in tqdm(
+        batches.prefetch(tf.data.AUTOTUNE), "encoding", total, unit="batch", disable=not progress
+    ):
+        codes.append(keras.ops.convert_to_numpy(sign_codes(encoder(batch, training=False))))
     return np.concatenate(codes) if codes else np.zeros((0, encoder.output_shape[-1]), np.int8)

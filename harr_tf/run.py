@@ -1,10 +1,16 @@
 """One HARR run end to end: data and split, WTA structure, one model per code length,
-evaluation on the query set, and the run directory (DESIGN §5)."""
+evaluation on the query set, and the run directory (DESIGN §5).
+
+Images are streamed from the dataset's reader wherever they are needed (training
+views, the WTA teacher, the baselines, the evaluation and the plots); the run holds
+only ids, labels, WTA codes and hash codes for the whole collection.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 import time
 
@@ -12,10 +18,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 import yaml
+from tqdm import tqdm
 
 from harr_tf import report
 from harr_tf.atomic import write_json_atomically
-from harr_tf.baselines import METHODS, evaluate_baseline
+from harr_tf.backbones import build_backbone
+from harr_tf.baselines import evaluate_baselines
 from harr_tf.callbacks import (
     BetaSchedule,
     ResumableCheckpoint,
@@ -26,21 +34,24 @@ from harr_tf.callbacks import (
 from harr_tf.config import TrainConfig, to_dict
 from harr_tf.data import ImageDataset, ProtocolSplit, get_protocol, load_dataset, make_split
 from harr_tf.data.augment import ViewAugmenter
+from harr_tf.data.image_size import resolve_image_size
 from harr_tf.data.pipeline import training_dataset
 from harr_tf.encoder import build_encoder, encode_images
-from harr_tf.features import pixel_features, wta_features
+from harr_tf.features import pixel_features, wta_codes
 from harr_tf.model import HarrModel
 from harr_tf.resume import check_same_split
 from harr_tf.retrieval import evaluate
-from harr_tf.wta import (
-    WTASimilarity,
-    WTAThresholds,
-    encode_wta,
-    estimate_thresholds,
-    make_permutation_table,
-)
+from harr_tf.wta import WTASimilarity, WTAThresholds, estimate_thresholds
 
 logger = logging.getLogger("harr_tf")
+
+# Fashion-MNIST's default budget (30 epochs of 39 batches): every dataset gets as many
+# updates unless --epochs or --steps says otherwise.
+DEFAULT_STEPS = 1170
+# The baselines hash pixels at most this many on a side (d <= 3,072): PCA and ITQ on
+# 64 x 64 x 3 = 12,288 dimensions cost minutes and GBs for no better yardstick.
+BASELINE_SIDE = 32
+_CHUNK = 2048
 
 
 class TrainingDiverged(RuntimeError):
@@ -66,9 +77,19 @@ class WTAStructure:
 
 
 def load_run_data(config: TrainConfig) -> RunData:
-    """Loads the dataset and draws the protocol split (`train_size` overrides it)."""
+    """Opens the dataset at the network's image size and draws the protocol split
+    (`train_size`, `queries_per_class` and `validation_per_class` override it)."""
     dataset = load_dataset(config.dataset, data_dir=config.data_dir)
+    size = resolve_image_size(config.image_size, dataset.native_size, config.model.backbone)
+    dataset = dataset.at_size(size)
     protocol = get_protocol(config.protocol)
+    overrides = {
+        "query_per_class": config.queries_per_class,
+        "validation_per_class": config.validation_per_class,
+    }
+    protocol = dataclasses.replace(
+        protocol, **{key: value for key, value in overrides.items() if value is not None}
+    )
     size = config.train_size
     if size is not None:
         everything = size == "all"
@@ -82,18 +103,46 @@ def load_run_data(config: TrainConfig) -> RunData:
             per_class = None if everything else max(1, size // classes)
             protocol = dataclasses.replace(protocol, train_per_class=per_class)
     split = make_split(dataset.labels, dataset.num_items, protocol, seed=config.seed)
+    logger.info(
+        "%s: %d images read at %s; %d queries, %d database, %d training, %d validation",
+        dataset.name,
+        dataset.num_items,
+        "x".join(map(str, dataset.image_shape)),
+        len(split.query),
+        len(split.database),
+        len(split.train),
+        len(split.validation),
+    )
+    if len(split.class_counts):
+        logger.info("Drawn per class:\n%s", split.describe(dataset.class_names))
     top_k = protocol.multi_label_top_k if dataset.multi_label else protocol.top_k
     return RunData(dataset, split, top_k)
 
 
-def build_wta_structure(train_images: np.ndarray, config: TrainConfig) -> WTAStructure:
-    """WTA codes of the training images' configured features, and τ, s_max, s_min."""
+def build_wta_structure(
+    dataset: ImageDataset, indices: np.ndarray, config: TrainConfig, progress: bool = False
+) -> WTAStructure:
+    """WTA codes of the items `indices` under the configured feature source, and τ,
+    s_max, s_min. The `backbone` source is the backbone as configured (its weights),
+    seeded by `config.seed`, applied to the images at the evaluation transform."""
     wta = config.wta
-    features = wta_features(train_images, wta.features)
-    table = make_permutation_table(
-        features.shape[1], wta.num_permutations, wta.window, seed=config.seed
+    network = None
+    if wta.features == "backbone":
+        keras.utils.set_random_seed(config.seed)
+        model = config.model
+        network = build_backbone(
+            model.backbone, dataset.image_shape, model.weights, model.width, model.pooling
+        )
+    table, codes = wta_codes(
+        dataset,
+        indices,
+        wta.features,
+        num_permutations=wta.num_permutations,
+        window=wta.window,
+        seed=config.seed,
+        network=network,
+        progress=progress,
     )
-    codes = encode_wta(features, table)
     thresholds = estimate_thresholds(
         codes, wta.window, rho=wta.positive_fraction, max_pairs=wta.max_pairs, seed=config.seed
     )
@@ -102,22 +151,27 @@ def build_wta_structure(train_images: np.ndarray, config: TrainConfig) -> WTAStr
 
 def validation_callback(data: RunData, config: TrainConfig) -> RetrievalEvaluation | None:
     """`val_map` of validation queries against a seeded sample of the rest of the database."""
-    labels = data.dataset.labels
-    if labels is None or len(data.split.validation) == 0:
+    if data.dataset.labels is None or len(data.split.validation) == 0:
         return None
     rest = np.setdiff1d(data.split.database, data.split.validation)
     rng = np.random.default_rng(config.seed)
     if len(rest) > config.validation_database_size:
         rest = np.sort(rng.choice(rest, config.validation_database_size, replace=False))
-    images = data.dataset.images
     return RetrievalEvaluation(
-        images[data.split.validation],
-        labels[data.split.validation],
-        images[rest],
-        labels[rest],
-        top_k=data.top_k,
-        every=config.eval_every,
+        data.dataset, data.split.validation, rest, top_k=data.top_k, every=config.eval_every
     )
+
+
+def training_length(config: TrainConfig, train_items: int) -> tuple[int, int]:
+    """`(epochs, steps_per_epoch)`: `--epochs` as given, else `--steps` (default
+    `DEFAULT_STEPS`) rounded up to whole epochs; an epoch is one pass over the
+    training images unless `--steps-per-epoch` says otherwise."""
+    per_epoch = config.steps_per_epoch or max(1, train_items // config.batch_size)
+    if config.epochs is not None:
+        return config.epochs, per_epoch
+    steps = config.steps or DEFAULT_STEPS
+    per_epoch = min(per_epoch, steps)
+    return math.ceil(steps / per_epoch), per_epoch
 
 
 def new_model(config: TrainConfig, bits: int, image_shape, wta: WTAStructure) -> HarrModel:
@@ -137,19 +191,15 @@ def new_model(config: TrainConfig, bits: int, image_shape, wta: WTAStructure) ->
             1.0 if config.model.weights == "none" else config.model.backbone_lr_multiplier
         ),
     )
-    steps = steps_per_epoch(config, wta)
+    epochs, steps = training_length(config, len(wta.codes))
     schedule = keras.optimizers.schedules.CosineDecay(
-        config.learning_rate, decay_steps=config.epochs * steps
+        config.learning_rate, decay_steps=epochs * steps
     )
     optimizer = keras.optimizers.SGD(
         schedule, momentum=config.momentum, weight_decay=config.weight_decay
     )
     model.compile(optimizer=optimizer)
     return model
-
-
-def steps_per_epoch(config: TrainConfig, wta: WTAStructure) -> int:
-    return config.steps_per_epoch or max(1, len(wta.codes) // config.batch_size)
 
 
 def training_stream(
@@ -162,17 +212,17 @@ def training_stream(
     """Endless batches of `views` (the model's) of the training images with their WTA
     codes (`"wta"`, read from the returned variable, which `WTARefresh` may reassign),
     starting after `start_epoch` epochs."""
-    images = data.dataset.images[data.split.train]
     augmenter = ViewAugmenter(
         data.dataset.image_shape, config.augment, seed=config.seed + start_epoch, views=views
     )
+    _, per_epoch = training_length(config, len(wta.codes))
     stream = training_dataset(
-        images,
-        np.arange(len(images)),
+        data.dataset,
+        data.split.train,
         augmenter,
         config.batch_size,
         seed=config.seed,
-        start_step=start_epoch * steps_per_epoch(config, wta),
+        start_step=start_epoch * per_epoch,
     )
     codes = tf.Variable(wta.codes, trainable=False)
     stream = stream.map(lambda batch: {**batch, "wta": tf.gather(codes, batch["index"])})
@@ -185,18 +235,18 @@ def train_code_length(
     """Trains (or resumes) one model; returns its encoder and the training seconds."""
     checkpoints = os.path.join(directory, "checkpoint")
     done = ResumableCheckpoint.completed_epochs(checkpoints)
-    image_shape = data.dataset.image_shape
     if done:
         model = keras.saving.load_model(os.path.join(checkpoints, "last.keras"))
         logger.info("Resuming %d-bit model after epoch %d", bits, done)
     else:
-        model = new_model(config, bits, image_shape, wta)
-    steps = steps_per_epoch(config, wta)
-    images = data.dataset.images[data.split.train]
+        model = new_model(config, bits, data.dataset.image_shape, wta)
+    epochs, steps = training_length(config, len(wta.codes))
     stream, codes = training_stream(config, data, wta, model.views, start_epoch=done)
     refresh = None
     if config.wta.refresh_every:
-        refresh = WTARefresh(images, codes, config.wta, config.seed, config.wta.refresh_every)
+        refresh = WTARefresh(
+            data.dataset, data.split.train, codes, config.wta, config.seed, config.wta.refresh_every
+        )
         if done >= config.wta.refresh_every:  # the checkpoint's thresholds need their codes
             refresh.set_model(model)
             refresh.refresh(done - done % config.wta.refresh_every)
@@ -210,10 +260,10 @@ def train_code_length(
         keras.callbacks.TensorBoard(os.path.join(directory, "logs")),
     ]
     start = time.perf_counter()
-    if done < config.epochs:
+    if done < epochs:
         model.fit(
             stream,
-            epochs=config.epochs,
+            epochs=epochs,
             initial_epoch=done,
             steps_per_epoch=steps,
             shuffle=False,  # the stream shuffles itself
@@ -231,6 +281,25 @@ def train_code_length(
     return model.encoder, seconds
 
 
+def baseline_maps(data: RunData, config: TrainConfig, progress: bool) -> dict:
+    """`{method: {bits: mAP}}` of LSH, PCAH and ITQ on the pixels (at most
+    `BASELINE_SIDE` on a side), each item read once per part of the split."""
+    dataset = data.dataset
+    if max(dataset.image_shape[:2]) > BASELINE_SIDE:
+        dataset = dataset.at_size(BASELINE_SIDE)
+
+    def features(indices: np.ndarray):
+        batches = dataset.images(indices).batch(_CHUNK).prefetch(1).as_numpy_iterator()
+        steps = -(-len(indices) // _CHUNK)
+        for batch in tqdm(batches, "baselines", steps, unit="batch", disable=not progress):
+            yield pixel_features(batch)
+
+    found = evaluate_baselines(
+        features, dataset.labels, data.split, config.bits, data.top_k, seed=config.seed
+    )
+    return {method: {str(b): value for b, value in maps.items()} for method, maps in found.items()}
+
+
 def run(config: TrainConfig, run_dir: str, verbose: int = 1) -> dict:
     """Trains every code length of `config` in `run_dir` (resuming what is there) and
     writes `metrics.json` and the plots; returns the metrics."""
@@ -241,7 +310,8 @@ def run(config: TrainConfig, run_dir: str, verbose: int = 1) -> dict:
         yaml.safe_dump(to_dict(config), f, sort_keys=False)
     data.split.save(os.path.join(run_dir, "split.npz"))
     logger.info("Data: %s from %s", data.dataset.name, data.dataset.source)
-    wta = build_wta_structure(data.dataset.images[data.split.train], config)
+    progress = verbose > 0
+    wta = build_wta_structure(data.dataset, data.split.train, config, progress)
     np.savez(
         os.path.join(run_dir, "wta.npz"),
         table=wta.table,
@@ -251,18 +321,24 @@ def run(config: TrainConfig, run_dir: str, verbose: int = 1) -> dict:
     metrics_path = os.path.join(run_dir, "metrics.json")
     metrics = report.read_metrics(metrics_path, config, data.top_k)
     labels = data.dataset.labels
-    pixels = pixel_features(data.dataset.images)  # the baselines' feature source
+    evaluated = labels is not None and len(data.split.query) > 0
+    if labels is None:
+        logger.warning("%s has no labels: the evaluation is skipped.", config.dataset)
+    elif not evaluated:
+        logger.warning("No class has the 10 items a query needs: the evaluation is skipped.")
+    baselines = baseline_maps(data, config, progress) if evaluated else {}
     for bits in config.bits:
         directory = os.path.join(run_dir, f"bits_{bits}")
         encoder, seconds = train_code_length(config, bits, data, wta, directory, verbose)
         encoder.save(os.path.join(directory, "encoder.keras"))
-        if labels is None:
-            logger.warning("%s has no labels: skipping the evaluation.", config.dataset)
+        if not evaluated:
             continue
-        images = data.dataset.images
-        progress = verbose > 0
-        query_codes = encode_images(encoder, images[data.split.query], progress=progress)
-        database_codes = encode_images(encoder, images[data.split.database], progress=progress)
+        query_codes = encode_images(
+            encoder, data.dataset.images(data.split.query), progress=progress
+        )
+        database_codes = encode_images(
+            encoder, data.dataset.images(data.split.database), progress=progress
+        )
         result = evaluate(
             query_codes,
             database_codes,
@@ -274,10 +350,17 @@ def run(config: TrainConfig, run_dir: str, verbose: int = 1) -> dict:
             "train_seconds", 0.0
         )
         metrics["results"][str(bits)] = result
-        for method in METHODS:
-            metrics["baselines"].setdefault(method, {})[str(bits)] = evaluate_baseline(
-                method, pixels, labels, data.split, bits, data.top_k, seed=config.seed
-            )
-        report.write_plots(run_dir, bits, result, images, data.split, query_codes, database_codes)
+        for method, maps in baselines.items():
+            metrics["baselines"].setdefault(method, {})[str(bits)] = maps[str(bits)]
+        report.write_plots(
+            run_dir,
+            bits,
+            result,
+            data.dataset.read,
+            data.split,
+            query_codes,
+            database_codes,
+            labels=data.dataset.labels,
+        )
         write_json_atomically(metrics_path, metrics)
     return metrics

@@ -1,9 +1,10 @@
 """The images `serving.encode` sends: a folder, a list of files, or a dataset spec.
 
 Every item has an id and a way to read its encoded bytes. Files are sent as they are on
-disk (the server decodes them); dataset arrays (`npz:`, `tfds:`, ...) are encoded to PNG
-here, losslessly, so the server sees exactly their pixels. Bytes are read only when a
-batch is about to be sent, so a collection of millions of files costs its ids in memory.
+disk (the server decodes them); dataset items (`npz:`, `tfds:`, `tfrecord:`, ...) are
+streamed in order and encoded to PNG here, losslessly, so the server sees exactly their
+pixels. Bytes are read only when a batch is about to be sent, so a collection of millions
+of files costs its ids in memory.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from harr_tf.data.sources import SHORT_NAMES
 INPUT_FORMS = (
     "DIR (image files under it, recursively), FILE_LIST (a text file naming one image per "
     "line, relative paths from the list's folder), an image file, or a dataset spec "
-    "(npz:FILE, tfds:NAME[:SPLIT], idx:DIR, "
+    "(npz:FILE, tfds:NAME[:SPLIT], idx:DIR, tfrecord:PATTERN, "
     f"{', '.join(SHORT_NAMES)})"
 )
 
@@ -63,7 +64,7 @@ def open_collection(spec: str) -> Collection:
     if path.is_file():
         return _listed_collection(path, spec)
     kind, colon, _ = spec.partition(":")
-    if (colon and kind in ("npz", "tfds", "idx")) or spec in SHORT_NAMES:
+    if (colon and kind in ("npz", "tfds", "idx", "tfrecord")) or spec in SHORT_NAMES:
         return _dataset_collection(spec)
     raise ValueError(
         f"--input {spec}: no such file or folder, nor a dataset spec. Expected {INPUT_FORMS}."
@@ -103,10 +104,21 @@ def _dataset_collection(spec: str) -> Collection:
         dataset = load_dataset(spec)
     except (ValueError, FileNotFoundError, RuntimeError) as err:
         raise ValueError(f"--input {spec}: {err}") from err
-    images = dataset.images
-    ids = dataset.ids or tuple(f"{dataset.name}/{index}" for index in range(len(images)))
+    return Collection(dataset.ids, _StreamCursor(dataset).png, dataset.source)
 
-    def read(position: int) -> bytes:
-        return tf.io.encode_png(np.ascontiguousarray(images[position])).numpy()
 
-    return Collection(tuple(ids), read, dataset.source)
+class _StreamCursor:
+    """PNG bytes of item `position`, read from the dataset's stream in order: reading
+    the items one after another costs one pass, and another order restarts the stream."""
+
+    def __init__(self, dataset) -> None:
+        self.dataset = dataset
+        self.next_position, self.items = 0, None
+
+    def png(self, position: int) -> bytes:
+        if self.items is None or position != self.next_position:
+            rest = np.arange(position, self.dataset.num_items)
+            self.items = self.dataset.images(rest).prefetch(64).as_numpy_iterator()
+        image = next(self.items)
+        self.next_position = position + 1
+        return tf.io.encode_png(np.ascontiguousarray(image)).numpy()

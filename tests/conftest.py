@@ -38,5 +38,5 @@ def write_fashion_mnist_subset(directory, per_class: int) -> str:
         )
     )
     path = os.path.join(directory, "fashion_subset.npz")
-    np.savez(path, images=dataset.images[keep], labels=dataset.labels[keep])
+    np.savez(path, images=dataset.read(keep), labels=dataset.labels[keep])
     return f"npz:{path}"

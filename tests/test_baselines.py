@@ -113,7 +113,7 @@ def test_itq_on_real_fashion_mnist_matches_the_reference_algorithm():
 
     dataset = load_dataset("fashion_mnist", data_dir=require_fashion_mnist())
     split = make_split(dataset.labels, dataset.num_items, "standard", seed=0)
-    features = pixel_features(dataset.images)
+    features = pixel_features(dataset.read(np.arange(dataset.num_items)))
     bits = 64
     value = evaluate_baseline("itq", features, dataset.labels, split, bits, top_k=1000)
 

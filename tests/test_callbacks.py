@@ -16,6 +16,7 @@ from harr_tf.callbacks import (
     WTARefresh,
 )
 from harr_tf.config import ModelConfig
+from harr_tf.data import ImageDataset
 from harr_tf.encoder import build_encoder, encode_images
 from harr_tf.model import HarrModel
 from harr_tf.retrieval import mean_average_precision
@@ -48,12 +49,15 @@ def batches(count, size=8, nan_from=None, seed=0):
 def test_val_map_equals_retrieval_map_of_encoded_images():
     model = make_model()
     rng = np.random.default_rng(0)
-    queries, database = rng.uniform(0, 255, (2, 10, *SHAPE)).astype("float32")
-    query_labels, database_labels = rng.integers(0, 3, 10), rng.integers(0, 3, 10)
+    images = rng.integers(0, 256, (20, *SHAPE), dtype=np.uint8)
+    labels = rng.integers(0, 3, 20)
+    queries, database = np.arange(0, 20, 2), np.arange(1, 20, 2)
+    query_labels, database_labels = labels[queries], labels[database]
     callback = RetrievalEvaluation(
-        queries, query_labels, database, database_labels, top_k=5, every=2
+        ImageDataset.from_arrays(images, labels), queries, database, top_k=5, every=2
     )
     model.fit(batches(4), epochs=2, steps_per_epoch=2, callbacks=[callback], verbose=0)
+    queries, database = images[queries], images[database]
     expected = mean_average_precision(
         encode_images(model.encoder, queries),
         encode_images(model.encoder, database),
@@ -114,13 +118,14 @@ def test_wta_refresh_rebuilds_codes_and_thresholds_from_backbone_features():
     from harr_tf.wta import encode_wta, estimate_thresholds, make_permutation_table
 
     model = make_model()
-    images = np.random.default_rng(1).uniform(0, 255, (30, *SHAPE)).astype("float32")
+    images = np.random.default_rng(1).integers(0, 256, (40, *SHAPE), dtype=np.uint8)
     config = WTAConfig(num_permutations=16, window=4, positive_fraction=0.2)
     codes = tf.Variable(np.zeros((30, 16), np.uint8))
-    refresh = WTARefresh(images, codes, config, seed=5, every=1)
+    train = np.arange(5, 35)  # the training items of a larger dataset
+    refresh = WTARefresh(ImageDataset.from_arrays(images), train, codes, config, seed=5, every=1)
     refresh.set_model(model)
     refresh.refresh(2)
-    features = model.encoder.get_layer("backbone").predict(images, verbose=0)
+    features = model.encoder.get_layer("backbone").predict(images[train].astype("float32"))
     expected = encode_wta(features, make_permutation_table(features.shape[1], 16, 4, seed=7))
     thresholds = estimate_thresholds(expected, 4, rho=0.2, seed=5)
     np.testing.assert_array_equal(codes.numpy(), expected)
@@ -139,9 +144,10 @@ def test_wta_refresh_runs_every_n_epochs_but_not_after_the_last():
             super().refresh(epoch)
 
     model = make_model()
-    images = np.random.default_rng(1).uniform(0, 255, (30, *SHAPE)).astype("float32")
+    images = ImageDataset.from_arrays(np.zeros((30, *SHAPE), np.uint8))
     codes = tf.Variable(np.zeros((30, 16), np.uint8))
-    spy = Spy(images, codes, WTAConfig(num_permutations=16, window=4), seed=0, every=2)
+    wta = WTAConfig(num_permutations=16, window=4)
+    spy = Spy(images, np.arange(30), codes, wta, seed=0, every=2)
     history = model.fit(batches(5), epochs=5, steps_per_epoch=1, callbacks=[spy], verbose=0)
     assert calls == [2, 4]
     assert np.isfinite(history.history["loss"]).all()  # training goes on after a rebuild

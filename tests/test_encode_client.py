@@ -32,7 +32,7 @@ def collection(tmp_path_factory, exported_base):
     """A folder of 40 real Fashion-MNIST PNG files in class sub-folders; yields
     (folder, ids in collection order, the raw images in that order, reference codes)."""
     dataset = load_dataset(f"idx:{require_fashion_mnist()}")
-    images, labels = dataset.images[:COUNT], dataset.labels[:COUNT]
+    images, labels = dataset.read(np.arange(COUNT)), dataset.labels[:COUNT]
     folder = tmp_path_factory.mktemp("collection") / "photos"
     names = [f"class{label}/{index:02d}.png" for index, label in enumerate(labels)]
     for name, contents in zip(names, encoded_images(images), strict=True):

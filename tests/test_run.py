@@ -1,11 +1,15 @@
-"""Run helpers: --train-size on labeled, multi-label and unlabeled data; the WTA structure."""
+"""Run helpers: --train-size on labeled, multi-label and unlabeled data; the WTA teacher
+from every feature source against its direct computation; the training length."""
 
+import keras
 import numpy as np
 import pytest
 
-from harr_tf.config import TrainConfig, WTAConfig
-from harr_tf.features import FEATURE_SOURCES, wta_features
-from harr_tf.run import build_wta_structure, load_run_data
+from harr_tf.backbones import build_backbone
+from harr_tf.config import ModelConfig, TrainConfig, WTAConfig
+from harr_tf.data import ImageDataset
+from harr_tf.features import PIXEL_SOURCES, wta_features
+from harr_tf.run import build_wta_structure, load_run_data, training_length
 from harr_tf.wta import encode_wta
 
 
@@ -25,8 +29,12 @@ def test_train_size_on_single_label_data(tmp_path):
     everything = load_run_data(TrainConfig(dataset=spec, train_size="all"))
     assert len(everything.split.train) == 150
     assert not set(everything.split.train) & set(everything.split.validation)
-    with pytest.raises(ValueError, match="500"):
-        load_run_data(TrainConfig(dataset=spec))  # the protocol's 500 per class do not exist
+    # The protocol's 100 + 50 + 500 per class do not exist: a tenth each for query and
+    # validation, the rest of each class trained on.
+    shrunk = load_run_data(TrainConfig(dataset=spec))
+    assert shrunk.split.class_counts[:, 2:].tolist() == [[20, 20, 160]] * 3
+    given = load_run_data(TrainConfig(dataset=spec, queries_per_class=5, validation_per_class=0))
+    assert given.split.class_counts[:, 2:].tolist() == [[5, 0, 195]] * 3
 
 
 def test_train_size_on_unlabeled_and_multi_label_data(tmp_path):
@@ -48,15 +56,79 @@ def test_train_size_on_unlabeled_and_multi_label_data(tmp_path):
     assert len(data.split.train) == 2000 - 1000 - 500 and data.top_k == 5000
 
 
-@pytest.mark.parametrize("source", FEATURE_SOURCES)
-def test_wta_structure_of_the_configured_feature_source(source):
-    images = np.random.default_rng(0).integers(0, 256, (50, 5, 4, 1), dtype=np.uint8)
+@pytest.mark.parametrize("source", PIXEL_SOURCES)
+def test_streamed_pixel_teacher_equals_the_in_memory_computation(source):
+    images = np.random.default_rng(0).integers(0, 256, (600, 5, 4, 1), dtype=np.uint8)
+    dataset = ImageDataset.from_arrays(images)
+    train = np.arange(40, 590)  # more than one streamed batch
     config = TrainConfig(
         wta=WTAConfig(features=source, num_permutations=32, window=4, positive_fraction=0.2)
     )
-    structure = build_wta_structure(images, config)
-    assert structure.table.shape == (32, 4) and structure.codes.shape == (50, 32)
-    expected = encode_wta(wta_features(images, source), structure.table)
+    structure = build_wta_structure(dataset, train, config)
+    assert structure.table.shape == (32, 4) and structure.codes.shape == (550, 32)
+    expected = encode_wta(wta_features(images[train], source), structure.table)
     np.testing.assert_array_equal(structure.codes, expected)
     thresholds = structure.thresholds
     assert 0.0 <= thresholds.s_min <= thresholds.tau <= thresholds.s_max <= 1.0
+
+
+def test_backbone_teacher_equals_the_backbone_applied_directly():
+    images = np.random.default_rng(0).integers(0, 256, (300, 16, 16, 3), dtype=np.uint8)
+    dataset = ImageDataset.from_arrays(images)
+    train = np.arange(0, 300, 3)
+    config = TrainConfig(
+        model=ModelConfig(width=4, pooling="global"),
+        wta=WTAConfig(features="backbone", num_permutations=64, window=4),
+        seed=3,
+    )
+    structure = build_wta_structure(dataset, train, config)
+    keras.utils.set_random_seed(3)  # the backbone as built, same seed
+    backbone = build_backbone("small_cnn", (16, 16, 3), "none", 4, "global")
+    features = keras.ops.convert_to_numpy(backbone(images[train].astype("float32")))
+    assert structure.table.shape == (64, 4) and structure.table.max() < features.shape[1]
+    np.testing.assert_array_equal(structure.codes, encode_wta(features, structure.table))
+
+
+def write_features(path, ids, features):
+    np.savez(path, ids=np.asarray(ids), features=features)
+    return f"file:{path}"
+
+
+def test_feature_file_teacher_matches_rows_by_id(tmp_path):
+    dataset = ImageDataset.from_arrays(np.zeros((50, 2, 2, 1), np.uint8), name="toy")
+    features = np.random.default_rng(1).normal(size=(50, 24)).astype(np.float32)
+    order = np.random.default_rng(2).permutation(50)  # the file's rows in another order
+    source = write_features(tmp_path / "f.npz", np.asarray(dataset.ids)[order], features[order])
+    train = np.arange(10, 50)
+    config = TrainConfig(wta=WTAConfig(features=source, num_permutations=16, window=4))
+    structure = build_wta_structure(dataset, train, config)
+    np.testing.assert_array_equal(structure.codes, encode_wta(features[train], structure.table))
+
+
+@pytest.mark.parametrize(
+    "ids, features, message",
+    [
+        ([f"toy/{i}" for i in range(9)], np.zeros((9, 4)), "1 missing .e.g. toy/9., 0 extra"),
+        ([f"toy/{i}" for i in range(11)], np.zeros((11, 4)), "0 missing .*1 extra .e.g. toy/10"),
+        ([f"toy/{i}" for i in range(10)], np.zeros((10, 4), np.int64), "dtype=int64"),
+        ([f"toy/{i}" for i in range(10)], np.zeros(10), r"shape=\(10,\)"),
+        ([f"toy/{i}" for i in range(9)], np.zeros((10, 4)), "must be 10 strings"),
+    ],
+)
+def test_feature_file_errors_name_the_problem(tmp_path, ids, features, message):
+    dataset = ImageDataset.from_arrays(np.zeros((10, 2, 2, 1), np.uint8), name="toy")
+    source = write_features(tmp_path / "f.npz", ids, features)
+    config = TrainConfig(wta=WTAConfig(features=source))
+    with pytest.raises(ValueError, match=f"file:.*f.npz.*{message}"):
+        build_wta_structure(dataset, np.arange(10), config)
+
+
+def test_training_length_in_steps_or_epochs():
+    # Fashion-MNIST's default: 5,000 training images in batches of 128, 30 epochs of 39.
+    assert training_length(TrainConfig(), 5000) == (30, 39)
+    assert training_length(TrainConfig(), 1000) == (168, 7)  # 1,170 updates, whole epochs
+    assert training_length(TrainConfig(epochs=2), 1000) == (2, 7)
+    assert training_length(TrainConfig(steps=10, steps_per_epoch=4), 5000) == (3, 4)
+    assert training_length(TrainConfig(steps=5), 5000) == (1, 5)
+    with pytest.raises(ValueError, match="give one"):
+        TrainConfig(epochs=2, steps=10)

@@ -15,6 +15,11 @@ from harr_tf.data import ImageDataset, load_dataset, sources, tfds_source
 from harr_tf.data.tfds_source import DataUnavailableError
 
 
+def everything(dataset):
+    """Every item's pixels, read through the dataset's stream."""
+    return dataset.read(np.arange(dataset.num_items))
+
+
 def write_idx(path, array, magic):
     """An IDX file as the MNIST distribution writes it; gzipped when `path` ends in .gz."""
     header = magic.to_bytes(4, "big") + b"".join(n.to_bytes(4, "big") for n in array.shape)
@@ -49,9 +54,9 @@ def offline(monkeypatch, tmp_path):
 
 def test_idx_pools_train_then_t10k_gzipped_and_plain(tmp_path):
     dataset = load_dataset(f"idx:{write_idx_dir(tmp_path / 'digits')}")
-    assert dataset.images.shape == (5, 4, 5, 1)
-    assert dataset.images.dtype == np.uint8
-    np.testing.assert_array_equal(dataset.images[:, 0, 0, 0], np.arange(5))
+    assert everything(dataset).shape == (5, 4, 5, 1)
+    assert everything(dataset).dtype == np.uint8
+    np.testing.assert_array_equal(everything(dataset)[:, 0, 0, 0], np.arange(5))
     np.testing.assert_array_equal(dataset.labels, np.arange(5) % 3)
     assert dataset.labels.dtype == np.int64
     assert (dataset.name, dataset.source) == ("digits", f"idx:{tmp_path / 'digits'}")
@@ -124,12 +129,12 @@ def test_folder_with_class_subfolders_reads_every_format(tmp_path):
         "dog/e.webp",
         "dog/puppies/f.png",
     )
-    assert dataset.images.shape == (6, 10, 12, 3)
+    assert everything(dataset).shape == (6, 10, 12, 3)
     assert dataset.class_names == ("cat", "dog")
     np.testing.assert_array_equal(dataset.labels, [0, 0, 0, 1, 1, 1])
-    np.testing.assert_array_equal(dataset.images[0], np.asarray(pixels(0)))  # lossless PNG
+    np.testing.assert_array_equal(everything(dataset)[0], np.asarray(pixels(0)))  # lossless PNG
     gray = np.asarray(pixels(5, mode="L"))
-    np.testing.assert_array_equal(dataset.images[5], np.repeat(gray[..., None], 3, axis=-1))
+    np.testing.assert_array_equal(everything(dataset)[5], np.repeat(gray[..., None], 3, axis=-1))
 
 
 def test_loose_images_make_an_unlabeled_set(tmp_path, caplog):
@@ -182,7 +187,7 @@ def test_single_image_file_and_uniform_resize(tmp_path):
     Image.fromarray(flat).save(tmp_path / "one.png")
     dataset = load_dataset(f"folder:{tmp_path / 'one.png'}", image_size=4)
     assert dataset.ids == ("one.png",)
-    np.testing.assert_array_equal(dataset.images, np.full((1, 4, 4, 3), 77, np.uint8))
+    np.testing.assert_array_equal(everything(dataset), np.full((1, 4, 4, 3), 77, np.uint8))
 
 
 # --- npz ---------------------------------------------------------------------------------
@@ -192,7 +197,7 @@ def test_npz_with_labels_and_grayscale_channel_axis(tmp_path):
     images = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3)
     np.savez(tmp_path / "set.npz", images=images, labels=np.array([4, 1], np.int32))
     dataset = load_dataset(f"npz:{tmp_path / 'set.npz'}")
-    np.testing.assert_array_equal(dataset.images[..., 0], images)
+    np.testing.assert_array_equal(everything(dataset)[..., 0], images)
     assert dataset.labels.dtype == np.int64 and not dataset.multi_label
     assert (dataset.name, dataset.source) == ("set", f"npz:{tmp_path / 'set.npz'}")
 
@@ -284,13 +289,13 @@ def test_tfds_pools_splits_train_first_and_reads_one_split(tmp_path, monkeypatch
     monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path))
 
     dataset = load_dataset("tfds:harr_tiny")
-    np.testing.assert_array_equal(dataset.images[:, 0, 0, 0], [0, 1, 2, 10, 11])
+    np.testing.assert_array_equal(everything(dataset)[:, 0, 0, 0], [0, 1, 2, 10, 11])
     np.testing.assert_array_equal(dataset.labels, [0, 1, 0, 0, 1])
     assert dataset.class_names == ("even", "odd")
     assert dataset.name == "harr_tiny" and dataset.source.startswith("tfds:")
     test = load_dataset("tfds:harr_tiny:test", image_size=2)
-    assert test.images.shape == (2, 2, 2, 1)
-    np.testing.assert_array_equal(test.images[:, 0, 0, 0], [10, 11])
+    assert everything(test).shape == (2, 2, 2, 1)
+    np.testing.assert_array_equal(everything(test)[:, 0, 0, 0], [10, 11])
 
 
 def test_tfds_multi_label_and_variable_sizes(tmp_path):
@@ -306,7 +311,7 @@ def test_tfds_multi_label_and_variable_sizes(tmp_path):
     ]
     write_tfds(tmp_path, "harr_tags", features, {"train": examples})
     dataset = load_dataset("tfds:harr_tags", data_dir=str(tmp_path), image_size=8)
-    assert dataset.images.shape == (2, 8, 8, 3) and dataset.multi_label
+    assert everything(dataset).shape == (2, 8, 8, 3) and dataset.multi_label
     np.testing.assert_array_equal(dataset.labels, [[1, 0, 1, 0], [0, 0, 0, 0]])
 
 
@@ -337,7 +342,7 @@ def test_fashion_mnist_falls_back_to_local_idx_files(offline, caplog):
     with caplog.at_level(logging.WARNING):
         dataset = load_dataset("fashion_mnist")
     assert isinstance(dataset, ImageDataset)
-    assert dataset.images.shape == (70_000, 28, 28, 1)
+    assert everything(dataset).shape == (70_000, 28, 28, 1)
     assert dataset.source == f"idx:{directory}" and dataset.name == "fashion_mnist"
     np.testing.assert_array_equal(np.bincount(dataset.labels), [7_000] * 10)
     assert f"Using the IDX files in {directory}" in caplog.text

@@ -62,10 +62,33 @@ def test_train_size_override_keeps_query_and_validation():
     )
 
 
-def test_over_asking_names_the_class_and_counts():
-    labels = np.concatenate([class_labels(3, 700), np.full(120, 3)])
-    with pytest.raises(ValueError, match=r"Class 3 has 120 items.*asks for 650"):
-        make_split(labels, len(labels))
+def test_small_classes_shrink_their_queries_and_validation():
+    # Classes of 1, 3, 40, 500 and 700 items; the standard protocol asks 100 + 50 + 500.
+    sizes = (1, 3, 40, 500, 700)
+    labels = np.random.default_rng(0).permutation(np.repeat(np.arange(5), sizes))
+    split = make_split(labels, len(labels), seed=1)
+    check_structure(split, len(labels))
+    drawn = {tuple(row[1:]) for row in split.class_counts}
+    # (items, query, validation, train): a tenth of a small class for query and for
+    # validation, the rest trained on; a class under 10 items stays in the database only.
+    assert drawn == {(1, 0, 0, 1), (3, 0, 0, 3), (40, 4, 4, 32), (500, 50, 50, 400),
+                     (700, 100, 50, 500)}  # fmt: skip
+    np.testing.assert_array_equal(split.class_counts[:, 0], np.arange(5))
+    for label, items, query, validation, train in split.class_counts:
+        assert np.sum(labels[split.query] == label) == query
+        assert np.sum(labels[split.validation] == label) == validation
+        assert np.sum(labels[split.train] == label) == train
+        assert np.sum(labels[split.database] == label) == items - query
+    assert "class" in split.describe() and len(split.describe().splitlines()) == 6
+
+
+def test_a_class_large_enough_keeps_the_protocol_and_the_rng_stream():
+    # Shrinking other classes changes nothing in a class that has what is asked.
+    labels = np.repeat(np.arange(2), (700, 700))
+    small = np.concatenate([labels, np.full(30, 2)])
+    split, with_small = make_split(labels, len(labels)), make_split(small, len(small))
+    np.testing.assert_array_equal(split.query, with_small.query[: len(split.query)])
+    np.testing.assert_array_equal(split.train, with_small.train[: len(split.train)])
 
 
 @pytest.mark.parametrize("name", sorted(PROTOCOLS))
@@ -156,7 +179,7 @@ def test_save_load_round_trip(tmp_path):
     split.save(path)
     loaded = ProtocolSplit.load(path)
     assert (loaded.protocol, loaded.seed) == ("standard", 11)
-    for name in ("query", "database", "train", "validation"):
+    for name in ("query", "database", "train", "validation", "class_counts"):
         np.testing.assert_array_equal(getattr(loaded, name), getattr(split, name))
         assert getattr(loaded, name).dtype == np.int64
 

@@ -110,7 +110,7 @@ def test_fixed_values_reach_the_model_and_fit(subset):
     # The WTA structure is the one of P = 64, K = 4, ρ = 0.2 on the training images.
     data = hypermodel.data
     source = hypermodel.config.wta.features
-    features = wta_features(data.dataset.images[data.split.train], source)
+    features = wta_features(data.dataset.read(data.split.train), source)
     codes = encode_wta(features, make_permutation_table(features.shape[1], 64, 4, seed=0))
     assert model.similarity.window == 4
     assert np.isclose(model.similarity.tau, estimate_thresholds(codes, 4, rho=0.2).tau)

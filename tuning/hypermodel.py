@@ -14,7 +14,7 @@ from harr_tf.run import (
     build_wta_structure,
     load_run_data,
     new_model,
-    steps_per_epoch,
+    training_length,
     training_stream,
     validation_callback,
 )
@@ -51,7 +51,6 @@ class HarrHyperModel(keras_tuner.HyperModel):
                 f"Tuning scores trials by val_map, which needs labels and a validation split; "
                 f"{config.dataset} has none."
             )
-        self.train_images = self.data.dataset.images[self.data.split.train]
         self._wta: tuple[WTAConfig, WTAStructure] | None = None
 
     def build(self, hp: keras_tuner.HyperParameters) -> HarrModel:
@@ -92,11 +91,12 @@ class HarrHyperModel(keras_tuner.HyperModel):
         stream, _ = training_stream(config, self.data, wta, model.views, start_epoch=initial_epoch)
         guard = StopOnNonFiniteLoss()
         validation = validation_callback(self.data, config)
+        budget, steps = training_length(config, len(wta.codes))
         history = model.fit(
             stream,
-            epochs=epochs or config.epochs,
+            epochs=epochs or budget,
             initial_epoch=initial_epoch,
-            steps_per_epoch=steps_per_epoch(config, wta),
+            steps_per_epoch=steps,
             shuffle=False,  # the stream shuffles itself
             # `val_map` enters the logs before the tuner's callbacks read them.
             callbacks=[
@@ -124,7 +124,8 @@ class HarrHyperModel(keras_tuner.HyperModel):
         is kept, since `build` and `fit` of a trial need the same)."""
         wta = config.wta
         if self._wta is None or self._wta[0] != wta:
-            self._wta = (wta, build_wta_structure(self.train_images, config))
+            data = self.data
+            self._wta = (wta, build_wta_structure(data.dataset, data.split.train, config))
         return self._wta[1]
 
 

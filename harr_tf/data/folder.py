@@ -1,7 +1,8 @@
-"""A user's image folder (or a single image file) read into uint8 arrays.
+"""A user's image folder (or a single image file): its files, labels and image sizes.
 
 In an image folder, class sub-folders become evaluation labels and loose images
-make an unlabeled set. Decoding and resizing use the same TensorFlow ops as the
+make an unlabeled set. Only headers are read here (size and format, with PIL's lazy
+open): the pixels are decoded later, by `tf.data`, with the same TensorFlow ops as the
 exported serving graph, so an image gets the same pixels in training and serving.
 """
 
@@ -9,29 +10,45 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import warnings
 from pathlib import Path
 
 import keras
 import numpy as np
 import tensorflow as tf
+from PIL import Image
 from tqdm import tqdm
 
 logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 DEFAULT_IMAGE_SIZE = 224
+# Larger images are skipped unread: decoding one (20,990 x 29,700 px) takes 1.9 GB.
+MAX_IMAGE_PIXELS = 40_000_000
+_FORMATS = {"JPEG", "PNG", "BMP", "GIF", "WEBP", "MPO"}
+# What a complete file ends with: a truncated download fails here, not mid-training.
+_TRAILERS = {"JPEG": b"\xff\xd9", "MPO": b"\xff\xd9", "PNG": b"IEND\xaeB`\x82", "GIF": b";"}
 _PROGRESS_MIN_FILES = 500
 _MAX_NAMED_FILES = 20
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class FolderImages:
-    """What `read_image_folder` found: `(N, H, W, 3)` uint8 images and their metadata."""
+class FolderFiles:
+    """What `scan_image_folder` found: readable image files and their metadata.
 
-    images: np.ndarray
-    labels: np.ndarray | None
+    Attributes:
+        paths: absolute paths, one per item.
+        ids: paths relative to the folder (POSIX), one per item.
+        labels: `(N,)` int64 class ids from sub-folders, or None.
+        class_names: the sub-folder of each class id, or None.
+        sizes: `(N, 2)` int64 `(height, width)` from each file's header.
+    """
+
+    paths: tuple[str, ...]
     ids: tuple[str, ...]
+    labels: np.ndarray | None
     class_names: tuple[str, ...] | None
+    sizes: np.ndarray
 
 
 def resize_square(images: tf.Tensor | np.ndarray, size: int | tuple[int, int]) -> tf.Tensor:
@@ -68,17 +85,52 @@ def list_image_files(root: Path) -> list[Path]:
     return sorted(found, key=lambda path: path.relative_to(root).as_posix())
 
 
-def read_image_folder(root: Path, image_size: int | None = None) -> FolderImages:
-    """Decode every image under `root` (or the single image file `root`) to RGB.
-
-    Labels come from first-level sub-folders when every image lies in one; images
-    directly in `root` make the set unlabeled. Images are resized to
-    `image_size` × `image_size` when it is given, or to 224 × 224 when they differ
-    in size; otherwise they keep their common size. Files that do not decode are
-    skipped with one warning naming them.
+def image_header(path: Path) -> tuple[int, int]:
+    """`(height, width)` from the file's header, without decoding its pixels.
 
     Raises:
-        ValueError: no image file under `root`, or none of them decodes.
+        ValueError: not a complete JPEG/PNG/BMP/GIF/WebP file (the reason is the message).
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                kind, (width, height) = image.format, image.size
+    except Image.DecompressionBombError:
+        return _bomb_size(path)
+    except (OSError, SyntaxError, ValueError) as err:
+        raise ValueError(f"not an image ({err})") from err
+    if kind not in _FORMATS:
+        raise ValueError(f"a {kind} image, which TensorFlow cannot decode")
+    trailer = _TRAILERS.get(kind)
+    if trailer is not None:
+        with open(path, "rb") as stream:
+            stream.seek(max(0, path.stat().st_size - 64))
+            if trailer not in stream.read():
+                raise ValueError("truncated")
+    return height, width
+
+
+def _bomb_size(path: Path) -> tuple[int, int]:
+    """The size of an image PIL refuses to open as a decompression bomb."""
+    limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
+    return height, width
+
+
+def scan_image_folder(root: Path, max_pixels: int = MAX_IMAGE_PIXELS) -> FolderFiles:
+    """The readable images under `root` (or the single image file `root`).
+
+    Labels come from first-level sub-folders when every image lies in one; images
+    directly in `root` make the set unlabeled. Files that are not complete images are
+    skipped with one warning naming them; images over `max_pixels` with another.
+
+    Raises:
+        ValueError: no image file under `root`, or none of them is readable.
     """
     paths = list_image_files(root)
     if not paths:
@@ -89,54 +141,50 @@ def read_image_folder(root: Path, image_size: int | None = None) -> FolderImages
     base = root.parent if root.is_file() else root
     ids = [path.relative_to(base).as_posix() for path in paths]
     labels, class_names = _folder_labels(root, ids)
-
-    images, kept, skipped = [], [], []
-    target = image_size
+    kept, sizes, unreadable, large = [], [], [], []
     progress = tqdm(
-        paths, desc=f"Reading {root.name}", unit="image", disable=len(paths) <= _PROGRESS_MIN_FILES
+        paths, desc=f"Scanning {root.name}", unit="file", disable=len(paths) <= _PROGRESS_MIN_FILES
     )
     for position, path in enumerate(progress):
         try:
-            image = tf.io.decode_image(path.read_bytes(), channels=3, expand_animations=False)
-        except (tf.errors.OpError, OSError):
-            skipped.append(ids[position])
+            height, width = image_header(path)
+        except (OSError, ValueError):
+            unreadable.append(ids[position])
             continue
-        if target is None and images and tuple(image.shape) != images[0].shape:
-            target = DEFAULT_IMAGE_SIZE
-            logger.info(
-                "Images under %s differ in size (%s and %s): resizing all to %d x %d.",
-                root,
-                images[0].shape,
-                tuple(image.shape),
-                target,
-                target,
-            )
-            images = [np.asarray(resize_square(kept_image, target)) for kept_image in images]
-        if target is not None:
-            image = resize_square(image, target)
-        images.append(np.asarray(image))
+        if height * width > max_pixels:
+            large.append(f"{ids[position]} ({width} x {height})")
+            continue
         kept.append(position)
-
-    if not images and root.is_file():
+        sizes.append((height, width))
+    if not kept and root.is_file():
         raise ValueError(f"folder:{root} is not a decodable JPEG, PNG, BMP, GIF or WebP image.")
-    if not images:
-        raise ValueError(
-            f"folder:{root}: none of its {len(paths)} image files could be decoded: "
-            f"{_name_files(skipped)}"
-        )
-    if skipped:
+    if unreadable:
         logger.warning(
             "Skipped %d of %d files under %s that could not be decoded: %s",
-            len(skipped),
+            len(unreadable),
             len(paths),
             root,
-            _name_files(skipped),
+            _name_files(unreadable),
         )
-    return FolderImages(
-        images=np.stack(images),
-        labels=None if labels is None else labels[kept],
+    if large:
+        logger.warning(
+            "Skipped %d images under %s larger than %d pixels, unread: %s",
+            len(large),
+            root,
+            max_pixels,
+            _name_files(large),
+        )
+    if not kept:
+        raise ValueError(
+            f"folder:{root}: none of its {len(paths)} image files could be decoded: "
+            f"{_name_files(unreadable + large)}"
+        )
+    return FolderFiles(
+        paths=tuple(str(paths[position]) for position in kept),
         ids=tuple(ids[position] for position in kept),
+        labels=None if labels is None else labels[kept],
         class_names=class_names,
+        sizes=np.asarray(sizes, np.int64),
     )
 
 

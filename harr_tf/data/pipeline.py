@@ -1,5 +1,6 @@
-"""`tf.data` pipelines: an endless stream of augmented training views, and an
-ordered, un-augmented stream for encoding (never shuffled: DESIGN §3)."""
+"""`tf.data` pipelines: an endless stream of augmented training views, read from an
+`ImageDataset` as they are needed, and an ordered, un-augmented stream of array
+batches (never shuffled: DESIGN §3)."""
 
 from __future__ import annotations
 
@@ -8,10 +9,14 @@ import numpy as np
 import tensorflow as tf
 
 from harr_tf.data.augment import ViewAugmenter
+from harr_tf.data.sources import ImageDataset
+
+# Raw records (encoded bytes) a sequential source's shuffle holds: ~60 MB of 6 kB JPEGs.
+SEQUENTIAL_SHUFFLE = 10_000
 
 
 def training_dataset(
-    images: np.ndarray,
+    images: ImageDataset | np.ndarray,
     indices: np.ndarray,
     augmenter: ViewAugmenter,
     batch_size: int,
@@ -22,13 +27,18 @@ def training_dataset(
     """Endless batches of `{view: (batch, H, W, C) float32, "index": (batch,) int64}` for
     each of the augmenter's views (`"a"`, `"b"`, `"w"` by default).
 
-    `index` is each image's index into `images`, so the caller can look up per-image
-    data (the stored WTA codes). Reshuffled every pass and fully determined by
-    `seed` and the augmenter's seed. `start_step` skips the batches already trained
-    on: a resumed run sees the same images in the same order with the same crops,
-    while the Keras layers' randomness (colour, blur, RandAugment) restarts from the
-    augmenter's seed.
+    `images` is an `ImageDataset` (or an `(N, H, W, C)` uint8 array) and `indices` the
+    items to train on; `index` is each image's position in `indices`, so the caller can
+    look up per-image data (the stored WTA codes). Images are read and decoded as the
+    batches need them. Reshuffled every pass and fully determined by `seed` and the
+    augmenter's seed: a random-access source shuffles all of `indices`, a sequential one
+    (TFDS, TFRecord) its raw records through a buffer of `SEQUENTIAL_SHUFFLE` items.
+    `start_step` skips the batches already trained on, without decoding them: a resumed
+    run sees the same images in the same order with the same crops, while the Keras
+    layers' randomness (colour, blur, RandAugment) restarts from the augmenter's seed.
     """
+    if isinstance(images, np.ndarray):
+        images = ImageDataset.from_arrays(images)
     indices = np.asarray(indices, dtype=np.int64)
     if len(indices) < 2:
         raise ValueError(
@@ -37,15 +47,17 @@ def training_dataset(
     if not 1 <= batch_size <= len(indices):
         raise ValueError(
             f"`batch_size` must be between 1 and the number of training images "
-            f"({len(indices)}). Received: batch_size={batch_size}"
+            f"({len(indices)}); lower --batch-size. Received: batch_size={batch_size}"
         )
-    dataset = tf.data.Dataset.from_tensor_slices((images[indices], indices))
-    dataset = dataset.shuffle(len(indices), seed=seed, reshuffle_each_iteration=True).repeat()
+    positions = tf.data.Dataset.range(len(indices))
+    buffer = min(len(indices), SEQUENTIAL_SHUFFLE) if images.sequential else len(indices)
+    dataset = tf.data.Dataset.zip(positions, images.raw(indices))
+    dataset = dataset.shuffle(buffer, seed=seed, reshuffle_each_iteration=True).repeat()
     dataset = dataset.enumerate().skip(start_step * batch_size)
 
-    def crop(position, element):
-        image, index = element
-        views = augmenter.crop_views(image, position)
+    def crop(step, element):
+        index, raw = element
+        views = augmenter.crop_views(images.decode(raw), step)
         views["index"] = index
         return views
 

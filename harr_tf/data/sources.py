@@ -2,8 +2,11 @@
 
 Specs: `fashion_mnist`, `mnist`, `cifar10` (TFDS, all splits pooled train then
 test), `tfds:NAME[:SPLIT]`, `idx:DIR` (MNIST-format files), `folder:DIR` (a user's
-images, class sub-folders as labels) and `npz:FILE`. Training and evaluation then
-never branch on where the pixels came from.
+images, class sub-folders as labels), `tfrecord:PATTERN` (files written by
+`python -m harr_tf.data.tfrecord convert`) and `npz:FILE`. A dataset is its ids, its
+labels and a reader: images are decoded and resized by `tf.data` as they are needed,
+so training and evaluation never branch on where the pixels came from, and never hold
+a collection's pixels (IDX and npz files are small enough to stay arrays).
 """
 
 from __future__ import annotations
@@ -15,73 +18,139 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+import tensorflow as tf
 from tensorflow_datasets.core.registered import DatasetNotFoundError
 
-from harr_tf.data.folder import read_image_folder, resize_square
+from harr_tf.data.folder import DEFAULT_IMAGE_SIZE, resize_square, scan_image_folder
 from harr_tf.data.idx import find_idx_files, read_idx_folder
-from harr_tf.data.tfds_source import DataUnavailableError, load_tfds
+from harr_tf.data.readers import ArrayReader, FileReader
+from harr_tf.data.tfds_source import DataUnavailableError, open_tfds
+from harr_tf.data.tfrecord import open_tfrecords
 
 logger = logging.getLogger(__name__)
 
-ACCEPTED_SPECS = "fashion_mnist, mnist, cifar10, tfds:NAME[:SPLIT], idx:DIR, folder:DIR, npz:FILE"
+ACCEPTED_SPECS = (
+    "fashion_mnist, mnist, cifar10, tfds:NAME[:SPLIT], idx:DIR, folder:DIR, "
+    "tfrecord:PATTERN, npz:FILE"
+)
 SHORT_NAMES = ("fashion_mnist", "mnist", "cifar10")
 # Local IDX copies of the MNIST-format datasets, as the Debian packages install them.
 _IDX_FOLDERS = {"fashion_mnist": "fashion-mnist", "mnist": "mnist"}
 _SYSTEM_DATASETS = Path("/usr/share/datasets")
-_BATCH = 1024
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class ImageDataset:
-    """A whole image collection in memory, with optional evaluation labels.
+    """An image collection: ids, optional evaluation labels, and a way to read any item.
 
     Attributes:
-        images: `(N, H, W, C)` uint8, C = 1 (grayscale) or 3 (RGB).
+        ids: one unique id per item (paths relative to the folder for `folder:`,
+            "NAME/INDEX" for arrays and TFDS).
         labels: `(N,)` int64 class ids, `(N, num_classes)` uint8 multi-hot, or None
             when unlabeled (labels serve evaluation only).
         name: short name, e.g. "fashion_mnist".
-        source: where the pixels came from, e.g. "idx:/usr/share/datasets/fashion-mnist".
-        ids: per-item ids (paths relative to the folder for `folder:`), else None.
+        source: where the pixels come from, e.g. "idx:/usr/share/datasets/fashion-mnist".
+        reader: the source's reader (`harr_tf.data.readers`).
+        channels: 1 (grayscale) or 3 (RGB).
+        native_size: the `(height, width)` every item has on disk, or None when they differ.
+        image_size: the `(height, width)` items are read at (centre crop, then resize);
+            None reads them at `native_size`.
         class_names: the name of each class id, when known.
     """
 
-    images: np.ndarray
+    ids: tuple[str, ...]
     labels: np.ndarray | None
     name: str
     source: str
-    ids: tuple[str, ...] | None = None
+    reader: object
+    channels: int
+    native_size: tuple[int, int] | None
+    image_size: tuple[int, int] | None = None
     class_names: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
-        images = self.images
+        if self.labels is not None:
+            object.__setattr__(self, "labels", _checked_labels(self.labels, len(self.ids), self))
+        if self.native_size is None and self.image_size is None:
+            raise ValueError(f"{self.source}: images differ in size, so an image size is needed.")
+
+    def __deepcopy__(self, memo: dict) -> ImageDataset:
+        return self  # immutable; tuners deep-copy callbacks that hold one
+
+    @classmethod
+    def from_arrays(
+        cls, images: np.ndarray, labels: np.ndarray | None = None, name: str = "array", source=None
+    ) -> ImageDataset:
+        """An in-memory dataset of `(N, H, W, C)` uint8 images (C = 1 or 3)."""
+        source = source or f"array:{name}"
+        images = np.asarray(images)
         if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] not in (1, 3):
             raise ValueError(
-                f"{self.source}: images must be uint8 of shape (N, H, W, C) with C = 1 or 3. "
+                f"{source}: images must be uint8 of shape (N, H, W, C) with C = 1 or 3. "
                 f"Received: dtype={images.dtype}, shape={images.shape}"
             )
-        if self.labels is not None:
-            object.__setattr__(self, "labels", _checked_labels(self.labels, len(images), self))
-        if self.ids is not None and len(self.ids) != len(images):
-            raise ValueError(f"{self.source}: {len(self.ids)} ids for {len(images)} images.")
+        ids = tuple(f"{name}/{index}" for index in range(len(images)))
+        return cls(
+            ids, labels, name, source, ArrayReader(images), images.shape[-1], images.shape[1:3]
+        )
 
     @property
     def num_items(self) -> int:
-        return len(self.images)
+        return len(self.ids)
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
-        """`(H, W, C)`."""
-        return tuple(self.images.shape[1:])
+        """`(H, W, C)` of the images as read."""
+        return (*(self.image_size or self.native_size), self.channels)
 
     @property
     def multi_label(self) -> bool:
         return self.labels is not None and self.labels.ndim == 2
 
+    @property
+    def sequential(self) -> bool:
+        """True when items can only be read in ascending order (TFDS, TFRecord)."""
+        return self.reader.sequential
+
+    def at_size(self, size: int | None) -> ImageDataset:
+        """This dataset read at `size` × `size` (None: the native size)."""
+        target = None if size is None else (int(size), int(size))
+        if target == self.native_size:
+            target = None
+        return dataclasses.replace(self, image_size=target)
+
+    def raw(self, indices: np.ndarray) -> tf.data.Dataset:
+        """The raw items of `indices` in order (indices, paths or encoded bytes)."""
+        return self.reader.raw(np.asarray(indices, np.int64))
+
+    def decode(self, raw: tf.Tensor) -> tf.Tensor:
+        """One raw item → `image_shape` uint8: decoded, centre-cropped and resized."""
+        image = self.reader.decode(raw)
+        if self.image_size is not None:
+            image = resize_square(image, self.image_size)
+        return tf.ensure_shape(image, self.image_shape)
+
+    def images(self, indices: np.ndarray) -> tf.data.Dataset:
+        """`image_shape` uint8 images of `indices`, in order, decoded in parallel."""
+        indices = np.asarray(indices, np.int64)
+        stream = self.raw(indices).map(
+            self.decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+        )
+        return stream.apply(tf.data.experimental.assert_cardinality(len(indices)))
+
+    def read(self, indices: np.ndarray) -> np.ndarray:
+        """`(n, H, W, C)` uint8 images of `indices` (any order) in memory: a few items."""
+        indices = np.asarray(indices, np.int64)
+        unique, inverse = np.unique(indices, return_inverse=True)
+        batches = list(self.images(unique).batch(256).as_numpy_iterator())
+        pixels = np.concatenate(batches) if batches else np.zeros((0, *self.image_shape), np.uint8)
+        return pixels[inverse]
+
 
 def load_dataset(
     spec: str, *, data_dir: str | None = None, image_size: int | None = None
 ) -> ImageDataset:
-    """Load the images named by `spec` (see the module docstring) into memory.
+    """Open the images named by `spec` (see the module docstring).
 
     Args:
         spec: which images; one of `ACCEPTED_SPECS`.
@@ -90,18 +159,20 @@ def load_dataset(
             where IDX files are looked for first: found there, they are used directly
             with no download attempt. Defaults to None.
         image_size: when given, every image is centre-cropped and resized to
-            `image_size` × `image_size` as it is loaded. Sources whose images differ
-            in size are resized to 224 × 224 when it is None. Defaults to None.
+            `image_size` × `image_size` as it is read. Sources whose images differ
+            in size are read at 224 × 224 when it is None. Defaults to None.
 
     Returns:
-        The images, their labels when the source has them, and where they came from.
+        The ids, labels when the source has them, and a reader of the images.
     """
     kind, colon, argument = spec.partition(":")
     if not colon and spec in SHORT_NAMES:
-        dataset = _load_short_name(spec, data_dir, image_size)
+        dataset = _load_short_name(spec, data_dir)
     elif colon and kind == "tfds" and argument:
         name, _, split = argument.partition(":")
-        dataset = _load_tfds(name, split or None, data_dir, image_size)
+        dataset = _load_tfds(name, split or None, data_dir)
+    elif colon and kind == "tfrecord" and argument:
+        dataset = ImageDataset(**open_tfrecords(argument))
     elif colon and kind in ("idx", "folder", "npz") and argument:
         path = Path(argument).expanduser()
         if not path.exists():
@@ -109,35 +180,59 @@ def load_dataset(
         if kind == "idx":
             dataset = _load_idx(path, path.name)
         elif kind == "folder":
-            found = read_image_folder(path, image_size)
-            dataset = ImageDataset(
-                found.images,
-                found.labels,
-                path.stem,
-                f"folder:{path}",
-                found.ids,
-                found.class_names,
-            )
+            dataset = _load_folder(path)
         else:
             dataset = _load_npz(path)
     else:
         hint = f" ({spec} exists: prefix it, e.g. folder:{spec})" if os.path.exists(spec) else ""
         raise ValueError(f"Unknown dataset {spec!r}{hint}. Expected one of: {ACCEPTED_SPECS}.")
-    dataset = _resized(dataset, image_size)
+    if image_size is not None:
+        dataset = dataset.at_size(image_size)
     logger.info(
-        "Loaded %d images %s from %s", dataset.num_items, dataset.image_shape, dataset.source
+        "Opened %d images %s from %s", dataset.num_items, dataset.image_shape, dataset.source
     )
     return dataset
 
 
-def _load_short_name(name: str, data_dir: str | None, image_size: int | None) -> ImageDataset:
+def _load_folder(path: Path) -> ImageDataset:
+    found = scan_image_folder(path)
+    sizes = np.unique(found.sizes, axis=0)
+    native = tuple(int(side) for side in sizes[0]) if len(sizes) == 1 else None
+    source = f"folder:{path}"
+    return ImageDataset(
+        found.ids,
+        found.labels,
+        path.stem,
+        source,
+        FileReader(list(found.paths)),
+        3,
+        native,
+        default_image_size(native, source),
+        found.class_names,
+    )
+
+
+def default_image_size(native: tuple[int, int] | None, source: str) -> tuple[int, int] | None:
+    """None when every item has the same native size, else 224 x 224 (said in the log)."""
+    if native is not None:
+        return None
+    logger.info(
+        "Images of %s differ in size: reading them at %d x %d.",
+        source,
+        DEFAULT_IMAGE_SIZE,
+        DEFAULT_IMAGE_SIZE,
+    )
+    return (DEFAULT_IMAGE_SIZE, DEFAULT_IMAGE_SIZE)
+
+
+def _load_short_name(name: str, data_dir: str | None) -> ImageDataset:
     """TFDS with all splits pooled; for MNIST formats, local IDX files when TFDS cannot serve."""
     if data_dir is not None and name in _IDX_FOLDERS:
         local = _first_idx_dir(_idx_candidates(name, data_dir, None))
         if local is not None:
             return _load_idx(local, name)
     try:
-        return _load_tfds(name, "train+test", data_dir, image_size)
+        return _load_tfds(name, "train+test", data_dir)
     except DataUnavailableError as err:
         if name not in _IDX_FOLDERS:
             raise
@@ -152,20 +247,15 @@ def _load_short_name(name: str, data_dir: str | None, image_size: int | None) ->
         return _load_idx(local, name)
 
 
-def _load_tfds(
-    name: str, split: str | None, data_dir: str | None, image_size: int | None
-) -> ImageDataset:
-    """A TFDS dataset (see `load_tfds`); an unknown name is reported as a bad spec."""
+def _load_tfds(name: str, split: str | None, data_dir: str | None) -> ImageDataset:
+    """A TFDS dataset (see `open_tfds`); an unknown name is reported as a bad spec."""
     try:
-        found = load_tfds(name, split, data_dir, image_size)
+        return ImageDataset(**open_tfds(name, split, data_dir))
     except DatasetNotFoundError as err:
         raise ValueError(
             f"Unknown TFDS dataset {name!r} in tfds:{name}. Expected a name that "
             f"tfds.list_builders() lists; accepted specs: {ACCEPTED_SPECS}."
         ) from err
-    return ImageDataset(
-        found.images, found.labels, found.name, found.source, class_names=found.class_names
-    )
 
 
 def _idx_candidates(name: str, data_dir: str | None, harr_data_dir: str | None) -> list[Path]:
@@ -182,7 +272,7 @@ def _first_idx_dir(candidates: list[Path]) -> Path | None:
 def _load_idx(directory: Path, name: str) -> ImageDataset:
     """All IDX image files in `directory`, pooled train then t10k, with their labels."""
     images, labels = read_idx_folder(directory)
-    return ImageDataset(images, labels, name, f"idx:{directory}")
+    return ImageDataset.from_arrays(images, labels, name, f"idx:{directory}")
 
 
 def _load_npz(path: Path) -> ImageDataset:
@@ -202,7 +292,7 @@ def _load_npz(path: Path) -> ImageDataset:
         labels = archive["labels"] if "labels" in archive.files else None
     if images.ndim == 3:
         images = images[..., None]
-    return ImageDataset(images, labels, path.stem, f"npz:{path}")
+    return ImageDataset.from_arrays(images, labels, path.stem, f"npz:{path}")
 
 
 def _checked_labels(labels: np.ndarray, count: int, dataset: ImageDataset) -> np.ndarray:
@@ -216,14 +306,3 @@ def _checked_labels(labels: np.ndarray, count: int, dataset: ImageDataset) -> np
             f"shape={labels.shape}"
         )
     return labels.astype(np.int64) if labels.ndim == 1 else (labels != 0).astype(np.uint8)
-
-
-def _resized(dataset: ImageDataset, image_size: int | None) -> ImageDataset:
-    """`dataset` at `image_size` × `image_size`, resized in batches to bound memory."""
-    if image_size is None or dataset.image_shape[:2] == (image_size, image_size):
-        return dataset
-    parts = [
-        np.asarray(resize_square(dataset.images[start : start + _BATCH], image_size))
-        for start in range(0, dataset.num_items, _BATCH)
-    ]
-    return dataclasses.replace(dataset, images=np.concatenate(parts))

@@ -96,6 +96,8 @@ class ProtocolSplit:
         validation: tuning queries, a subset of `database` disjoint from `train`.
         protocol: name of the protocol the split follows.
         seed: the seed it was drawn with.
+        class_counts: single-label data: `(classes, 5)` int64 rows of (class id, items,
+            query, validation, train) saying what was drawn from each class; else empty.
     """
 
     query: np.ndarray
@@ -104,6 +106,7 @@ class ProtocolSplit:
     validation: np.ndarray
     protocol: str
     seed: int
+    class_counts: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros((0, 5), np.int64))
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the indices, protocol name and seed to an `.npz` file at exactly `path`."""
@@ -113,6 +116,7 @@ class ProtocolSplit:
                 **{name: getattr(self, name) for name in _INDEX_FIELDS},
                 protocol=np.str_(self.protocol),
                 seed=np.int64(self.seed),
+                class_counts=self.class_counts,
             )
 
     @classmethod
@@ -126,7 +130,21 @@ class ProtocolSplit:
                     f"it has {sorted(archive.files)}."
                 )
             indices = {name: archive[name].astype(np.int64) for name in _INDEX_FIELDS}
-            return cls(**indices, protocol=str(archive["protocol"]), seed=int(archive["seed"]))
+            counts = archive["class_counts"] if "class_counts" in archive.files else None
+            return cls(
+                **indices,
+                protocol=str(archive["protocol"]),
+                seed=int(archive["seed"]),
+                class_counts=np.zeros((0, 5), np.int64) if counts is None else counts,
+            )
+
+    def describe(self, class_names: tuple[str, ...] | None = None) -> str:
+        """What was drawn from each class, one line per class (for the log)."""
+        lines = [f"{'class':<24}{'items':>8}{'query':>8}{'valid.':>8}{'train':>8}"]
+        for label, items, query, validation, train in self.class_counts:
+            name = class_names[label] if class_names and label < len(class_names) else label
+            lines.append(f"{str(name)[:23]:<24}{items:>8}{query:>8}{validation:>8}{train:>8}")
+        return "\n".join(lines)
 
 
 def make_split(
@@ -141,7 +159,10 @@ def make_split(
     Single-label `(N,)` labels: per class, in class order, one seeded permutation
     gives `query_per_class` queries, then `validation_per_class` validation items,
     then `train_per_class` training items (None: the rest of the class). Changing the
-    train size therefore leaves query and validation unchanged.
+    train size therefore leaves query and validation unchanged. A class with fewer
+    items than that gives at most a tenth of its items as queries and a tenth as
+    validation (so a class under 10 items gives neither and stays in the database
+    only), and the rest, up to `train_per_class`, for training.
     Multi-label `(N, C)` labels: `multi_label_*` totals at random; queries and
     validation come from items with at least one label, since a query with no label
     has no relevant item and an AP of 0 by construction.
@@ -149,12 +170,13 @@ def make_split(
     min(`unlabeled_train`, N) items are sampled for training.
 
     Raises:
-        ValueError: a class (or the whole set) has fewer items than the protocol
-            asks for, or `labels` does not have `num_items` rows.
+        ValueError: multi-label data with fewer labelled items than the protocol's
+            totals, or `labels` that do not have `num_items` rows.
     """
     protocol = get_protocol(protocol)
     rng = np.random.default_rng(seed)
     everything = np.arange(num_items, dtype=np.int64)
+    counts = np.zeros((0, 5), np.int64)
     if labels is None:
         query = validation = np.empty(0, np.int64)
         size = protocol.unlabeled_train
@@ -166,8 +188,10 @@ def make_split(
                 f"labels must have shape (num_items,) or (num_items, C) with "
                 f"num_items={num_items}. Received: shape={labels.shape}"
             )
-        split = _single_label if labels.ndim == 1 else _multi_label
-        query, validation, train = split(labels, protocol, rng)
+        if labels.ndim == 1:
+            query, validation, train, counts = _single_label(labels, protocol, rng)
+        else:
+            query, validation, train = _multi_label(labels, protocol, rng)
     database = np.setdiff1d(everything, query)
     return ProtocolSplit(
         query=np.sort(query),
@@ -176,29 +200,34 @@ def make_split(
         validation=np.sort(validation),
         protocol=protocol.name,
         seed=seed,
+        class_counts=counts,
     )
+
+
+def class_share(size: int, asked: int, wanted: int) -> int:
+    """How many of a class's `size` items go to a part that asks for `asked` of each
+    class: all of them when the class has the `wanted` items the protocol needs, else
+    at most a tenth of the class."""
+    return asked if size >= wanted else min(asked, size // 10)
 
 
 def _single_label(
     labels: np.ndarray, protocol: Protocol, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    query, validation, train = [], [], []
-    held = protocol.query_per_class + protocol.validation_per_class
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    query, validation, train, counts = [], [], [], []
+    wanted = protocol.query_per_class + protocol.validation_per_class
+    wanted += protocol.train_per_class or 0
     for label in np.unique(labels):
         members = rng.permutation(np.flatnonzero(labels == label))
-        wanted = held + (protocol.train_per_class or 0)
-        if len(members) < wanted:
-            raise ValueError(
-                f"Class {label} has {len(members)} items, but protocol {protocol.name!r} asks "
-                f"for {wanted} of each class ({protocol.query_per_class} query + "
-                f"{protocol.validation_per_class} validation + {protocol.train_per_class} "
-                "train). Lower them with dataclasses.replace(protocol, ...)."
-            )
-        query.append(members[: protocol.query_per_class])
-        validation.append(members[protocol.query_per_class : held])
+        queries = class_share(len(members), protocol.query_per_class, wanted)
+        held = queries + class_share(len(members), protocol.validation_per_class, wanted)
         end = None if protocol.train_per_class is None else held + protocol.train_per_class
+        query.append(members[:queries])
+        validation.append(members[queries:held])
         train.append(members[held:end])
-    return tuple(np.concatenate(part).astype(np.int64) for part in (query, validation, train))
+        counts.append((label, len(members), queries, held - queries, len(train[-1])))
+    parts = (np.concatenate(part).astype(np.int64) for part in (query, validation, train))
+    return (*parts, np.asarray(counts, np.int64).reshape(-1, 5))
 
 
 def _multi_label(

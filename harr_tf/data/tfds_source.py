@@ -8,7 +8,6 @@ minutes before failing. Either way, an unavailable dataset raises
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import socket
@@ -21,7 +20,8 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from harr_tf.data.folder import DEFAULT_IMAGE_SIZE, resize_square
+from harr_tf.data.folder import DEFAULT_IMAGE_SIZE
+from harr_tf.data.readers import SequentialReader
 
 logger = logging.getLogger(__name__)
 
@@ -36,37 +36,16 @@ class DataUnavailableError(RuntimeError):
     """A TFDS dataset is not prepared locally and cannot be downloaded now."""
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
-class TfdsImages:
-    """What `load_tfds` read: `(N, H, W, C)` uint8 images and their metadata.
+def open_tfds(name: str, split: str | None, data_dir: str | None) -> dict:
+    """A TFDS dataset as `ImageDataset` fields: labels read now, images streamed later.
 
-    Attributes:
-        images: `(N, H, W, C)` uint8.
-        labels: `(N,)` int64 class ids, `(N, num_classes)` uint8 multi-hot, or None.
-        name: the builder's name.
-        source: the data directory and split, e.g. "tfds:/data/mnist/3.0.1 [train+test]".
-        class_names: the name of each class id, when known.
-    """
-
-    images: np.ndarray
-    labels: np.ndarray | None
-    name: str
-    source: str
-    class_names: tuple[str, ...] | None
-
-
-def load_tfds(
-    name: str, split: str | None, data_dir: str | None, image_size: int | None
-) -> TfdsImages:
-    """Read a TFDS dataset, downloading it only when a connection is possible at all.
+    Labels (and the item count) come from one pass that skips image decoding; the
+    reader then streams the chosen items' encoded images in the split's order.
 
     Args:
         name: the TFDS builder name, e.g. "cifar10".
         split: a TFDS split expression; None pools every official split, train first.
         data_dir: the TFDS data directory; None means `$TFDS_DATA_DIR`, else TFDS's default.
-        image_size: when given, images are centre-cropped and resized to `image_size`
-            × `image_size`; when None, a dataset whose image size varies is resized
-            to 224 × 224.
 
     Raises:
         tfds.core.registered.DatasetNotFoundError: TFDS has no dataset named `name`.
@@ -79,32 +58,43 @@ def load_tfds(
     features = builder.info.features
     if "image" not in features:
         raise ValueError(f"tfds:{name} has no 'image' feature; its features: {list(features)}")
+    image_feature = features["image"]
     label_key = next((key for key in ("label", "labels") if key in features), None)
     to_labels, class_names = _label_converter(features[label_key] if label_key else None)
-    shape = features["image"].shape
-    target = image_size or (None if None not in shape else DEFAULT_IMAGE_SIZE)
     split = split or "+".join(_ordered_splits(builder.info.splits))
 
-    def convert(example: dict) -> dict:
-        image = example["image"]
-        item = {"image": image if target is None else resize_square(image, target)}
-        if to_labels is not None:
-            item["label"] = to_labels(example[label_key])
-        return item
+    def records() -> tf.data.Dataset:
+        return builder.as_dataset(
+            split=split, shuffle_files=False, decoders={"image": tfds.decode.SkipDecoding()}
+        )
 
-    ds = builder.as_dataset(split=split, shuffle_files=False)
-    ds = ds.map(convert, num_parallel_calls=tf.data.AUTOTUNE).batch(_BATCH).prefetch(2)
-    batches = list(tfds.as_numpy(ds))
+    def label_of(example: dict) -> tf.Tensor:
+        return to_labels(example[label_key]) if to_labels is not None else tf.constant(0)
+
+    batches = list(
+        tfds.as_numpy(records().map(label_of, num_parallel_calls=tf.data.AUTOTUNE).batch(_BATCH))
+    )
     if not batches:
         raise ValueError(f"tfds:{name} split {split!r} holds no example.")
-    labels = np.concatenate([b["label"] for b in batches]) if to_labels is not None else None
-    return TfdsImages(
-        images=np.concatenate([batch["image"] for batch in batches]),
-        labels=labels,
-        name=builder.name,
-        source=f"tfds:{builder.data_dir} [{split}]",
-        class_names=class_names,
-    )
+    labels = np.concatenate(batches)
+    height, width, channels = image_feature.shape
+    native = None if height is None or width is None else (height, width)
+    source = f"tfds:{builder.data_dir} [{split}]"
+    return {
+        "ids": tuple(f"{builder.name}/{index}" for index in range(len(labels))),
+        "labels": labels if to_labels is not None else None,
+        "name": builder.name,
+        "source": source,
+        "reader": SequentialReader(
+            lambda: records().map(lambda example: example["image"]),
+            image_feature.decode_example,
+            np.arange(len(labels)),
+        ),
+        "channels": channels or 3,
+        "native_size": native,
+        "image_size": None if native else (DEFAULT_IMAGE_SIZE, DEFAULT_IMAGE_SIZE),
+        "class_names": class_names,
+    }
 
 
 def _download(builder: tfds.core.DatasetBuilder) -> None:
