@@ -1,5 +1,6 @@
-"""Serving: SavedModel export for TensorFlow Serving, a development gRPC server with the
-same API, code generation for a collection over gRPC, and Hamming search.
+"""Serving: SavedModel export for TensorFlow Serving, a development server with the same
+gRPC and REST APIs that loads models the same (session-based) way, code generation for a
+collection over gRPC, and Hamming search.
 
 The names below are the export's contract with every client; they are plain
 strings here so a client can import them without loading TensorFlow.

@@ -1,5 +1,6 @@
 """SavedModel export: signatures as TF Serving sees them, codes equal to the in-memory
-encoder's from a fresh process, the training preprocessing in the graph, atomic versions."""
+encoder's through TF Serving's own loader (TF1 session, `saved_model_cli run`), the
+training preprocessing in the graph, atomic versions, stale staging removed."""
 
 import hashlib
 import json
