@@ -32,6 +32,13 @@ class HarrModel(keras.Model):
     codes (batch, P) of the un-augmented images. The views go through the encoder as
     one concatenated batch.
 
+    Under a `tf.distribute` strategy the losses are of the global batch: every replica
+    all-gathers the codes and WTA codes (as the SimCLR and Barlow Twins TensorFlow
+    references do), so a step equals the single-device step on the same images (with
+    synchronised batch norm, `harr_tf.distribute.synchronize_batch_norm`). Under a
+    `mixed_float16` policy the loss is scaled by the `LossScaleOptimizer` that
+    `compile` wraps the optimizer in, and `apply_gradients` unscales it.
+
     Args:
         encoder: a model whose "backbone" sub-model is scaled by
             `backbone_lr_multiplier` and whose output is (batch, bits).
@@ -114,10 +121,10 @@ class HarrModel(keras.Model):
         """The three losses and their weighted total for one batch of views."""
         views = ops.concatenate([batch[name] for name in self.views], axis=0)
         outputs = ops.split(self.encoder(views, training=training), len(self.views), axis=0)
-        codes = dict(zip(self.views, outputs, strict=True))
+        codes = {name: gather_replicas(h) for name, h in zip(self.views, outputs, strict=True)}
         h_w = codes["w"]
         if self.guidance == "wta":
-            targets = self.similarity(batch["wta"])
+            targets = self.similarity(gather_replicas(ops.cast(batch["wta"], "int32")))
             similarity_loss = wta_contrastive_loss(
                 h_w,
                 targets["positive"],
@@ -149,9 +156,10 @@ class HarrModel(keras.Model):
     def train_step(self, batch: dict) -> dict:
         with tf.GradientTape() as tape:
             losses = self.compute_losses(batch, training=True)
-            # Each replica sees its own slice; gradients are summed across replicas.
+            # Every replica computes the global loss; all-gather's gradient sums the
+            # replicas' gradients of it, and so does the optimizer: hence 1 / replicas.
             replicas = tf.distribute.get_strategy().num_replicas_in_sync
-            scaled = losses["loss"] / replicas
+            scaled = self.optimizer.scale_loss(losses["loss"] / replicas)
         variables = self.encoder.trainable_variables
         gradients = tape.gradient(scaled, variables)
         backbone = {id(v) for v in self.encoder.get_layer("backbone").trainable_variables}
@@ -191,3 +199,12 @@ class HarrModel(keras.Model):
         config["encoder"] = keras.saving.deserialize_keras_object(config["encoder"])
         config["similarity"] = keras.saving.deserialize_keras_object(config["similarity"])
         return cls(**config)
+
+
+def gather_replicas(values: Any) -> Any:
+    """`values` (batch, ...) of every replica, concatenated in replica order: the global
+    batch. The gradient flows back to this replica's slice. Unchanged on one device."""
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return values
+    return context.all_gather(values, axis=0)

@@ -167,3 +167,36 @@ def test_instance_guidance_and_similarity_weight():
     )
     with pytest.raises(ValueError, match="'pairs'"):
         HarrModel(encoder, similarity, guidance="pairs")
+
+
+@pytest.fixture
+def restore_policy():
+    yield
+    tf.keras.mixed_precision.set_global_policy("float32")
+
+
+def one_step_update(policy):
+    tf.keras.mixed_precision.set_global_policy(policy)
+    tf.keras.utils.set_random_seed(1)
+    model = make_model()
+    before = [v.numpy().copy() for v in model.encoder.trainable_variables]
+    losses = model.train_step(make_batch(size=16))
+    after = [v.numpy() for v in model.encoder.trainable_variables]
+    update = np.concatenate([(a - b).ravel() for a, b in zip(after, before, strict=True)])
+    return model, float(losses["loss"]), update
+
+
+@pytest.mark.parametrize(
+    ("policy", "tolerance"), [("mixed_float16", 0.03), ("mixed_bfloat16", 0.1)]
+)
+def test_mixed_precision_step_updates_the_weights_like_float32(restore_policy, policy, tolerance):
+    _, reference_loss, reference = one_step_update("float32")
+    model, loss, update = one_step_update(policy)
+    if policy == "mixed_float16":  # compile wrapped the optimizer; the step scaled the loss
+        assert isinstance(model.optimizer, tf.keras.optimizers.LossScaleOptimizer)
+        assert float(model.optimizer.dynamic_scale) == 2.0**15
+    assert loss == pytest.approx(reference_loss, rel=tolerance)
+    # Unscaled, the update would be 2^15 times too small; here it is float32's.
+    norm = np.linalg.norm(update) / np.linalg.norm(reference)
+    cosine = update @ reference / (np.linalg.norm(update) * np.linalg.norm(reference))
+    assert abs(norm - 1.0) < tolerance and cosine > 1.0 - tolerance
