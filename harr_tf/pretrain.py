@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import sys
 from typing import Any
@@ -56,7 +57,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--image-size", type=int, help="side the network sees (default: as train.py)")
     add("--projector-dim", type=int, default=512, help="width of the projector's layers")
     add("--batch-size", type=int, default=256, help="images per batch")
-    add("--learning-rate", type=float, default=0.05, help="SGD learning rate (cosine decay)")
+    add(
+        "--learning-rate",
+        type=float,
+        help="SGD learning rate, cosine decay (default: 0.05; vicreg 0.005, whose loss is "
+        "~25x larger and diverged at 0.05)",
+    )
     add("--seed", type=int, default=0, help="seed of the split, views and weights")
     add("--quiet", action="store_true", help="no progress bars")
     add("--verbose", action="store_true", help="keep TensorFlow's start-up log lines")
@@ -69,6 +75,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         value = getattr(args, name)
         if value is not None and value < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1. Received: {value}")
+    if args.learning_rate is None:
+        args.learning_rate = 0.005 if args.method == "vicreg" else 0.05
+    if not args.learning_rate > 0:
+        parser.error(f"--learning-rate must be > 0. Received: {args.learning_rate:g}")
     if args.batch_size < 8:
         parser.error(
             f"--batch-size must be >= 8 (the losses need a batch). Received: {args.batch_size}"
@@ -108,6 +118,25 @@ def check_identity(path: str, identity: dict) -> None:
         raise SystemExit(
             f"{path} belongs to another pretraining ({details}); use another --out, or the "
             "flags it was started with."
+        )
+
+
+def check_pretrained_weights(weights: str, dataset: str, image_shape: tuple) -> None:
+    """Refuses `train.py --weights DIR/backbone.weights.h5` when DIR's pretraining was on
+    another dataset or image size (other files, without a `pretrain.yaml`, pass)."""
+    import yaml
+
+    described = os.path.join(os.path.dirname(os.path.abspath(weights)), PRETRAIN_FILE)
+    if not os.path.isfile(described):
+        return
+    with open(described) as f:
+        saved = yaml.safe_load(f) or {}
+    shape = [int(d) for d in image_shape]
+    if saved.get("dataset") != dataset or saved.get("image_shape") != shape:
+        raise ValueError(
+            f"--weights {weights} was pretrained on {saved.get('dataset')} at "
+            f"{saved.get('image_shape')}, but this run trains on {dataset} at {shape}: "
+            "pretrain on this dataset and image size first (python -m harr_tf.pretrain)."
         )
 
 
@@ -164,7 +193,7 @@ def run(args: argparse.Namespace) -> str:
     model.compile(optimizer=keras.optimizers.SGD(schedule, momentum=0.9, weight_decay=1e-5))
     augmenter = ViewAugmenter(shape, seed=args.seed, views=("a", "b"))
     stream = training_dataset(data.dataset, indices, augmenter, args.batch_size, seed=args.seed)
-    model.fit(
+    history = model.fit(
         stream,
         epochs=epochs,
         steps_per_epoch=steps,
@@ -177,6 +206,12 @@ def run(args: argparse.Namespace) -> str:
         shuffle=False,  # the stream shuffles itself
         verbose=0 if args.quiet else 1,
     )
+    losses = history.history.get("loss", [])
+    if losses and not math.isfinite(losses[-1]):
+        raise ValueError(
+            f"The {args.method} loss became NaN/inf; nothing was written as {WEIGHTS_FILE}. "
+            "Lower --learning-rate and run again with another --out."
+        )
     staging = os.path.join(args.out, f".saving-{os.getpid()}.weights.h5")
     backbone.save_weights(staging)
     os.replace(staging, weights)
