@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 
 import matplotlib
 
@@ -17,7 +18,10 @@ import tensorflow as tf  # noqa: E402
 from harr_tf.baselines import METHODS  # noqa: E402
 from harr_tf.config import TrainConfig  # noqa: E402
 from harr_tf.data import ProtocolSplit  # noqa: E402
-from harr_tf.retrieval import hamming_distances  # noqa: E402
+from harr_tf.retrieval import hamming_distances, relevance  # noqa: E402
+
+# Frame colours of the retrieval grid: not relevant, relevant.
+RELEVANCE_COLOURS = ("#d62728", "#2ca02c")
 
 
 def read_metrics(path: str, config: TrainConfig, top_k: int | None) -> dict:
@@ -45,18 +49,25 @@ def write_plots(
     run_dir: str,
     bits: int,
     result: dict,
-    images: np.ndarray,
+    read_images: Callable[[np.ndarray], np.ndarray],
     split: ProtocolSplit,
     query_codes: np.ndarray,
     database_codes: np.ndarray,
+    labels: np.ndarray | None = None,
 ) -> None:
-    """PNG plots under RUN/plots/ and the same images in RUN/bits_B/logs."""
+    """PNG plots under RUN/plots/ and the same images in RUN/bits_B/logs.
+
+    `read_images(indices)` gives the `(n, H, W, C)` pixels of dataset items: the grid
+    reads only the few it shows, framed by relevance when the dataset's `labels` are
+    given."""
     plots = os.path.join(run_dir, "plots")
     os.makedirs(plots, exist_ok=True)
     figures = {
         "pr_curve": _pr_figure(result, bits),
         "precision_at_n": _precision_at_n_figure(result, bits),
-        "retrieval_grid": _grid_figure(images, split, query_codes, database_codes, bits),
+        "retrieval_grid": _grid_figure(
+            read_images, split, query_codes, database_codes, bits, labels
+        ),
     }
     writer = tf.summary.create_file_writer(os.path.join(run_dir, f"bits_{bits}", "logs", "eval"))
     for name, figure in figures.items():
@@ -85,18 +96,37 @@ def _precision_at_n_figure(result: dict, bits: int):
     return figure
 
 
-def _grid_figure(images, split, query_codes, database_codes, bits, queries=8, top=10):
-    """Each row: a query, then its top-10 database images by Hamming distance."""
+def _grid_figure(
+    read_images, split, query_codes, database_codes, bits, labels=None, queries=8, top=10
+):
+    """Each row: a query, then its top-10 database images by Hamming distance, each
+    framed green when it is relevant to the query (shares a class) and red when not."""
     rows = np.linspace(0, len(query_codes) - 1, queries).astype(int)
     distances = hamming_distances(query_codes[rows], database_codes)
     ranked = np.argsort(distances, axis=1, kind="stable")[:, :top]
     figure, axes = plt.subplots(queries, top + 1, figsize=(top + 1, queries))
-    cmap = "gray" if images.shape[-1] == 1 else None
+    shown = np.concatenate([split.query[rows], split.database[ranked.ravel()]])
+    pixels = read_images(shown)
+    images = dict(zip(shown.tolist(), pixels, strict=True))
+    cmap = "gray" if pixels.shape[-1] == 1 else None
     for r, query in enumerate(rows):
-        row = [images[split.query[query]]] + [images[split.database[i]] for i in ranked[r]]
+        found = split.database[ranked[r]]
+        row = [images[split.query[query]]] + [images[i] for i in found]
+        relevant = None
+        if labels is not None:
+            relevant = relevance(labels[split.query[query : query + 1]], labels[found])[0]
         for c, image in enumerate(row):
-            axes[r, c].imshow(image.squeeze(), cmap=cmap)
-            axes[r, c].axis("off")
+            axis = axes[r, c]
+            axis.imshow(image.squeeze(), cmap=cmap)
+            axis.set_xticks([])
+            axis.set_yticks([])
+            frame = None if c == 0 or relevant is None else RELEVANCE_COLOURS[int(relevant[c - 1])]
+            for spine in axis.spines.values():
+                spine.set_visible(frame is not None)
+                if frame is not None:
+                    spine.set_edgecolor(frame)
+                    spine.set_linewidth(3)
     axes[0, 0].set_title("query", fontsize=8)
-    figure.suptitle(f"Top-{top} by Hamming distance, {bits} bits")
+    legend = ", framed green if relevant, red if not" if labels is not None else ""
+    figure.suptitle(f"Top-{top} by Hamming distance, {bits} bits{legend}")
     return figure
