@@ -37,3 +37,12 @@ def quiet_tensorflow(verbose: bool = False) -> None:
     # TFDS and TensorFlow's Python side log through these at WARNING level.
     for name in ("absl", "tensorflow"):
         logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def quiet_module_command_line(needs_tensorflow: bool = True) -> None:
+    """`quiet_tensorflow` for a `python -m PACKAGE.MODULE ...` command line whose module
+    imports TensorFlow at import time (before it can parse `--verbose`): called from the
+    package's `__init__`, it acts only while Python is starting such a command."""
+    if sys.argv[:1] != ["-m"] or not needs_tensorflow:  # a library import, not a command
+        return
+    quiet_tensorflow(verbose="--verbose" in sys.argv or "--verbose" in sys.orig_argv)

@@ -3,8 +3,20 @@ gRPC and REST APIs that loads models the same (session-based) way, code generati
 collection over gRPC, and Hamming search.
 
 The names below are the export's contract with every client; they are plain
-strings here so a client can import them without loading TensorFlow.
+strings here so a client can import them without loading TensorFlow. Started as a
+command (`python -m serving.export ...`), TensorFlow's start-up lines are silenced
+unless `--verbose` is given (`harr_tf.quiet`); `serving.search build|add|remove` do not
+load TensorFlow at all.
 """
+
+import sys
+
+from harr_tf.quiet import quiet_module_command_line
+
+_COMMAND = sys.orig_argv[sys.orig_argv.index("-m") + 1 :] if "-m" in sys.orig_argv else []
+quiet_module_command_line(
+    needs_tensorflow=_COMMAND[:1] != ["serving.search"] or "query" in _COMMAND[1:2]
+)
 
 IMAGES_SIGNATURE = "serving_default"
 PIXELS_SIGNATURE = "encode_pixels"

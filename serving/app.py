@@ -29,7 +29,7 @@ from werkzeug.security import safe_join
 from werkzeug.serving import make_server
 
 from harr_tf.index import HammingIndex
-from serving.cli import add_endpoint_arguments, positive
+from serving.cli import add_endpoint_arguments, add_verbose_argument, positive
 
 _EXAMPLES = 24
 _THUMBNAIL_PIXELS = 128
@@ -184,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         default=8.0,
         help="larger uploads are refused (default: 8)",
     )
+    add_verbose_argument(parser)
     args = parser.parse_args(argv)
     from serving.client import RequestFailed, ServingClient
 

@@ -52,3 +52,10 @@ def add_retry_arguments(parser: argparse.ArgumentParser, deadline: float, retrie
         help="retries of a request after UNAVAILABLE or DEADLINE_EXCEEDED, with exponential "
         f"backoff from 0.5 s up to 10 s (default: {retries})",
     )
+
+
+def add_verbose_argument(parser: argparse.ArgumentParser) -> None:
+    """`--verbose`: keep TensorFlow's start-up lines, which `serving/__init__.py` silences."""
+    parser.add_argument(
+        "--verbose", action="store_true", help="keep TensorFlow's start-up log lines"
+    )

@@ -22,7 +22,7 @@ from collections.abc import Iterator
 import numpy as np
 from tqdm import tqdm
 
-from serving.cli import add_endpoint_arguments, add_retry_arguments, positive
+from serving.cli import add_endpoint_arguments, add_retry_arguments, add_verbose_argument, positive
 from serving.client import RequestFailed, ServingClient, map_concurrently
 from serving.code_store import CodesOrigin, CodeStore, StoredCodes
 from serving.collection import INPUT_FORMS, Collection, open_collection
@@ -239,6 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     resume.add_argument(
         "--overwrite", action="store_true", help="discard an existing --out and its checkpoint"
     )
+    add_verbose_argument(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     # SIGTERM ends the run as Ctrl-C does: checkpoint what was received, then exit.

@@ -40,6 +40,7 @@ from serving import (
     PIXELS_SIGNATURE,
     WARMUP_FILE,
 )
+from serving.cli import add_verbose_argument
 from serving.layout import (
     next_version,
     remove_stale_staging,
@@ -267,6 +268,7 @@ def main(argv: list[str] | None = None) -> int:
         "for tensorflow_model_server --model_config_file and serving.server "
         "--model-config-file",
     )
+    add_verbose_argument(parser)
     args = parser.parse_args(argv)
     if args.version is not None and args.version < 0:
         parser.error(f"--version must be a non-negative integer. Received: {args.version}")

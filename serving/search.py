@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from harr_tf.index import INDEX_KINDS, KIND_OPTIONS, HammingIndex, ids_path
-from serving.cli import add_endpoint_arguments, add_retry_arguments, positive
+from serving.cli import add_endpoint_arguments, add_retry_arguments, add_verbose_argument, positive
 from serving.code_store import StoredCodes, load_codes_file
 
 _QUERY_BATCH = 64
@@ -317,6 +317,7 @@ def main(argv: list[str] | None = None) -> int:
     remove_parser = commands.add_parser("remove", help="remove ids from an index")
     remove_parser.add_argument("--index", required=True, help="index written by `build`")
     remove_parser.add_argument("--ids", required=True, nargs="+", help="ids to remove")
+    add_verbose_argument(query_parser)
     args = parser.parse_args(argv)
     commands = {"build": build, "add": add, "remove": remove, "query": query}
     return commands[args.command](args)

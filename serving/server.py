@@ -34,6 +34,7 @@ from tensorflow_serving.apis import (
 )
 
 from serving import IMAGES_SIGNATURE
+from serving.cli import add_verbose_argument
 from serving.model_config import read_model_config
 from serving.model_registry import LoadedVersion, ModelRegistry, ModelServer, ServingError
 from serving.predict import input_arrays, output_aliases, run_signature
@@ -279,6 +280,7 @@ def main(argv: list[str] | None = None) -> int:
         help="how often to look for new versions, as TF Serving's "
         "--file_system_poll_wait_seconds (default: 1)",
     )
+    add_verbose_argument(parser)
     args = parser.parse_args(argv)
     if args.max_batch_size < 1:
         parser.error(f"--max-batch-size must be >= 1. Received: {args.max_batch_size}")

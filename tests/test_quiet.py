@@ -30,3 +30,14 @@ def test_start_up_lines_are_silenced_unless_verbose():
     assert quiet.stderr.strip() == "", quiet.stderr
     # A level the user set is theirs: nothing is silenced.
     assert run("quiet", TF_CPP_MIN_LOG_LEVEL="0").stderr.strip() != ""
+
+
+def test_a_serving_command_says_only_its_own_words():
+    environment = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    command = [sys.executable, "-m", "serving.export", "--run-dir", "/nonexistent-run"]
+    result = subprocess.run(command, capture_output=True, text=True, env=environment, timeout=120)
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines() == [
+        "error: --run-dir /nonexistent-run is not a run directory: expected "
+        "/nonexistent-run/config.yaml, which train.py writes."
+    ]
