@@ -36,6 +36,7 @@ BUILD_OPTIONS = {
     "flat": [],
     "ivf": ["--nlist", "2", "--nprobe", "2"],
     "hnsw": ["--ef-search", "64"],
+    "multihash": ["--nhash", "2", "--nflip", "8"],  # exact within 2·9 − 1 = 17 ≥ 16 bits
 }
 
 
