@@ -166,7 +166,10 @@ def main(argv: list[str] | None = None) -> int:
         help="address to bind (default: 127.0.0.1, this machine only)",
     )
     parser.add_argument(
-        "--port", type=positive(int, allow_zero=True), default=8080, help="(default: 8080)"
+        "--port",
+        type=positive(int, allow_zero=True),
+        default=8080,
+        help="port to listen on; 0 picks a free one (default: 8080)",
     )
     parser.add_argument(
         "--top-k", type=positive(int), default=10, help="results per query (default: 10)"
