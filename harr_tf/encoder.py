@@ -35,8 +35,11 @@ def encode_images(
     images: np.ndarray | tf.data.Dataset,
     batch_size: int = 512,
     progress: bool = False,
+    continuous: bool = False,
 ) -> np.ndarray:
-    """±1 int8 codes (n, bits) of images, in order, without augmentation.
+    """±1 int8 codes (n, bits) of images, in order, without augmentation; with
+    `continuous`, the float32 codes h (n, bits) whose signs those are (an asymmetric
+    ranking's queries).
 
     `images` is an (n, H, W, C) array or a `tf.data.Dataset` of single (H, W, C) images
     (`ImageDataset.images(indices)`), read batch by batch: only the codes are kept.
@@ -50,5 +53,7 @@ def encode_images(
     for batch in tqdm(
         batches.prefetch(tf.data.AUTOTUNE), "encoding", total, unit="batch", disable=not progress
     ):
-        codes.append(keras.ops.convert_to_numpy(sign_codes(encoder(batch, training=False))))
-    return np.concatenate(codes) if codes else np.zeros((0, encoder.output_shape[-1]), np.int8)
+        h = encoder(batch, training=False)
+        codes.append(keras.ops.convert_to_numpy(h if continuous else sign_codes(h)))
+    dtype = np.float32 if continuous else np.int8
+    return np.concatenate(codes) if codes else np.zeros((0, encoder.output_shape[-1]), dtype)

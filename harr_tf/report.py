@@ -38,6 +38,11 @@ def results_table(metrics: dict) -> str:
     k = metrics["top_k"] or "all"
     lines = [f"{'method':<8}" + "".join(f"{b + ' bits':>10}" for b in bits) + f"   (mAP@{k})"]
     lines.append(f"{'HARR':<8}" + "".join(f"{metrics['results'][b]['map']:>10.3f}" for b in bits))
+    # The binary database ranked by its inner product with the queries' continuous codes.
+    asymmetric = [metrics["results"][b].get("map_asymmetric") for b in bits]
+    if any(value is not None for value in asymmetric):
+        cells = "".join(f"{'-':>10}" if v is None else f"{v:>10.3f}" for v in asymmetric)
+        lines.append(f"{'HARR-AS':<8}{cells}   (queries' continuous codes)")
     for method in METHODS:
         values = metrics["baselines"].get(method, {})
         cells = "".join(f"{values[b]:>10.3f}" if b in values else f"{'-':>10}" for b in bits)

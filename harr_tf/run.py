@@ -38,9 +38,10 @@ from harr_tf.data.image_size import resolve_image_size
 from harr_tf.data.pipeline import training_dataset
 from harr_tf.encoder import build_encoder, encode_images
 from harr_tf.features import pixel_features, wta_codes
+from harr_tf.layers import sign_codes
 from harr_tf.model import HarrModel
 from harr_tf.resume import check_same_split
-from harr_tf.retrieval import evaluate
+from harr_tf.retrieval import asymmetric_mean_average_precision, evaluate
 from harr_tf.wta import WTASimilarity, WTAThresholds, estimate_thresholds
 
 logger = logging.getLogger("harr_tf")
@@ -333,14 +334,23 @@ def run(config: TrainConfig, run_dir: str, verbose: int = 1) -> dict:
         encoder.save(os.path.join(directory, "encoder.keras"))
         if not evaluated:
             continue
-        query_codes = encode_images(
-            encoder, data.dataset.images(data.split.query), progress=progress
+        query_continuous = encode_images(
+            encoder, data.dataset.images(data.split.query), progress=progress, continuous=True
         )
+        query_codes = keras.ops.convert_to_numpy(sign_codes(query_continuous))
         database_codes = encode_images(
             encoder, data.dataset.images(data.split.database), progress=progress
         )
         result = evaluate(
             query_codes,
+            database_codes,
+            labels[data.split.query],
+            labels[data.split.database],
+            top_k=data.top_k,
+        )
+        # The database stays binary; ranking it by ⟨h_query, b⟩ is the asymmetric distance.
+        result["map_asymmetric"] = asymmetric_mean_average_precision(
+            query_continuous,
             database_codes,
             labels[data.split.query],
             labels[data.split.database],

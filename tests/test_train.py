@@ -60,6 +60,7 @@ def test_short_run_writes_the_run_directory(subset, tmp_path):
     for bits in ("8", "16"):
         result_bits = metrics["results"][bits]
         assert 0.0 < result_bits["map"] <= 1.0 and result_bits["train_seconds"] > 0
+        assert 0.0 < result_bits["map_asymmetric"] <= 1.0
         assert set(metrics["baselines"]["itq"]) == {"8", "16"}
         assert os.path.exists(run_dir / f"bits_{bits}" / "encoder.keras")
         assert os.path.exists(run_dir / f"bits_{bits}" / "checkpoint" / "last.keras")
@@ -72,7 +73,7 @@ def test_short_run_writes_the_run_directory(subset, tmp_path):
     assert wta["codes"].shape == (200, 512) and 0 <= wta["tau"] <= 1
     split = np.load(run_dir / "split.npz")
     assert len(split["query"]) == 1000 and len(split["train"]) == 200
-    assert "HARR" in result.stdout and "ITQ" in result.stdout
+    assert "HARR" in result.stdout and "HARR-AS" in result.stdout and "ITQ" in result.stdout
 
 
 def test_resume_after_kill_continues_from_the_last_epoch(subset, tmp_path):
