@@ -25,7 +25,6 @@ from harr_tf.data.folder import DEFAULT_IMAGE_SIZE, resize_square, scan_image_fo
 from harr_tf.data.idx import find_idx_files, read_idx_folder
 from harr_tf.data.readers import ArrayReader, FileReader
 from harr_tf.data.tfds_source import DataUnavailableError, open_tfds
-from harr_tf.data.tfrecord import open_tfrecords
 
 logger = logging.getLogger(__name__)
 
@@ -172,6 +171,9 @@ def load_dataset(
         name, _, split = argument.partition(":")
         dataset = _load_tfds(name, split or None, data_dir)
     elif colon and kind == "tfrecord" and argument:
+        # Imported here: `python -m harr_tf.data.tfrecord` runs that module as __main__.
+        from harr_tf.data.tfrecord import open_tfrecords
+
         dataset = ImageDataset(**open_tfrecords(argument))
     elif colon and kind in ("idx", "folder", "npz") and argument:
         path = Path(argument).expanduser()
