@@ -23,7 +23,7 @@ import keras_tuner
 import yaml
 
 from harr_tf.config import TrainConfig, from_dict
-from harr_tf.run import run
+from harr_tf.run import DEFAULT_STEPS, run
 from tuning.hypermodel import HarrHyperModel
 
 
@@ -77,7 +77,8 @@ def main() -> None:
     print(
         f"\n{completed} completed trials of {trials['epochs']} epochs "
         f"(steps_per_epoch {trials['steps_per_epoch']}, train_size {trials['train_size']}), "
-        f"{base.bits[0]} bits; retrained for {base.epochs} epochs"
+        f"{base.bits[0]} bits; retrained for "
+        + (f"{base.epochs} epochs" if base.epochs else f"{base.steps or DEFAULT_STEPS} steps")
     )
     k = next(iter(results.values()))["top_k"] or "all"
     print(f"{'configuration':<22}{'val_map (trial budget)':>24}{f'mAP@{k} (retrained)':>22}")
