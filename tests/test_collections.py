@@ -137,3 +137,18 @@ def test_image_size_defaults_and_minimum():
     assert resolve_image_size(48, (256, 256), "vgg16") == 48
     with pytest.raises(ValueError, match="--image-size 16 is below resnet50's minimum of 32"):
         resolve_image_size(16, (256, 256), "resnet50")
+
+
+def test_truncated_files_are_skipped_and_jpeg_tails_kept(tmp_path, caplog):
+    Image.new("RGB", (16, 12), (200, 10, 10)).save(tmp_path / "whole.jpg")
+    whole = (tmp_path / "whole.jpg").read_bytes()
+    (tmp_path / "motion.jpg").write_bytes(whole + b"\0" * 500)  # data after the JPEG's end
+    (tmp_path / "cut.jpg").write_bytes(whole[: len(whole) // 2])
+    Image.new("RGB", (16, 12)).save(tmp_path / "whole.png")
+    (tmp_path / "cut.png").write_bytes((tmp_path / "whole.png").read_bytes()[:-20])
+    with caplog.at_level(logging.WARNING):
+        found = scan_image_folder(tmp_path)
+    assert found.ids == ("motion.jpg", "whole.jpg", "whole.png")
+    assert "Skipped 2 of 5" in caplog.text and "cut.jpg, cut.png" in caplog.text
+    pixels = load_dataset(f"folder:{tmp_path}").read(np.arange(3))  # all decode
+    assert pixels.shape == (3, 12, 16, 3)

@@ -103,12 +103,27 @@ def image_header(path: Path) -> tuple[int, int]:
     if kind not in _FORMATS:
         raise ValueError(f"a {kind} image, which TensorFlow cannot decode")
     trailer = _TRAILERS.get(kind)
-    if trailer is not None:
-        with open(path, "rb") as stream:
-            stream.seek(max(0, path.stat().st_size - 64))
-            if trailer not in stream.read():
-                raise ValueError("truncated")
+    if trailer is not None and not _ends_with(path, trailer):
+        if kind not in ("JPEG", "MPO"):  # TensorFlow refuses a PNG or GIF without its end
+            raise ValueError("truncated")
+        _check_decodes(path)  # a JPEG may carry data after its end (motion photos)
     return height, width
+
+
+def _ends_with(path: Path, trailer: bytes) -> bool:
+    with open(path, "rb") as stream:
+        stream.seek(max(0, path.stat().st_size - 64))
+        return trailer in stream.read()
+
+
+def _check_decodes(path: Path) -> None:
+    """Decodes the JPEG at 1/8 scale, or raises ValueError("truncated")."""
+    try:
+        with Image.open(path) as image:
+            image.draft("RGB", (image.width // 8 or 1, image.height // 8 or 1))
+            image.load()
+    except (OSError, SyntaxError, ValueError) as err:
+        raise ValueError(f"truncated ({err})") from err
 
 
 def _bomb_size(path: Path) -> tuple[int, int]:
