@@ -152,3 +152,25 @@ def test_truncated_files_are_skipped_and_jpeg_tails_kept(tmp_path, caplog):
     assert "Skipped 2 of 5" in caplog.text and "cut.jpg, cut.png" in caplog.text
     pixels = load_dataset(f"folder:{tmp_path}").read(np.arange(3))  # all decode
     assert pixels.shape == (3, 12, 16, 3)
+
+
+def test_a_sequential_source_trains_through_its_shuffle_buffer(uneven, tmp_path):
+    from harr_tf.data.augment import ViewAugmenter
+    from harr_tf.data.pipeline import training_dataset
+
+    assert tfrecord_main(["convert", "--input", str(uneven), "--out", str(tmp_path / "u.rec")]) == 0
+    dataset = load_dataset(f"tfrecord:{tmp_path / 'u.rec'}", image_size=12)
+    train = np.arange(0, dataset.num_items, 2)
+
+    def batches(start_step=0):
+        augmenter = ViewAugmenter(dataset.image_shape, seed=1, views=("w",))
+        stream = training_dataset(dataset, train, augmenter, 16, seed=1, start_step=start_step)
+        return [{k: v.numpy() for k, v in batch.items()} for batch in stream.take(3)]
+
+    first, again, resumed = batches(), batches(), batches(start_step=2)
+    for one, two in zip(first, again, strict=True):
+        np.testing.assert_array_equal(one["w"], two["w"])
+    np.testing.assert_array_equal(resumed[0]["index"], first[2]["index"])
+    assert first[0]["w"].shape == (16, 12, 12, 3)
+    indices = np.concatenate([batch["index"] for batch in first])
+    assert len(set(indices)) == len(indices) and indices.max() < len(train)
