@@ -39,10 +39,19 @@ def quiet_tensorflow(verbose: bool = False) -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
-def quiet_module_command_line(needs_tensorflow: bool = True) -> None:
-    """`quiet_tensorflow` for a `python -m PACKAGE.MODULE ...` command line whose module
-    imports TensorFlow at import time (before it can parse `--verbose`): called from the
+def command_module() -> list[str]:
+    """`[MODULE, *args]` while Python starts `python -m MODULE args` (a package's
+    `__init__` runs then); `[]` for a library import or a script."""
+    if sys.argv[:1] != ["-m"] or "-m" not in sys.orig_argv:
+        return []
+    return sys.orig_argv[sys.orig_argv.index("-m") + 1 :]
+
+
+def quiet_module_command_line(package: str, needs_tensorflow: bool = True) -> None:
+    """`quiet_tensorflow` for a `python -m PACKAGE.MODULE ...` command whose module
+    imports TensorFlow at import time, before it can parse `--verbose`: called from the
     package's `__init__`, it acts only while Python is starting such a command."""
-    if sys.argv[:1] != ["-m"] or not needs_tensorflow:  # a library import, not a command
+    command = command_module()
+    if not command or not command[0].startswith(f"{package}.") or not needs_tensorflow:
         return
-    quiet_tensorflow(verbose="--verbose" in sys.argv or "--verbose" in sys.orig_argv)
+    quiet_tensorflow(verbose="--verbose" in command)

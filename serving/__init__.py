@@ -9,13 +9,11 @@ unless `--verbose` is given (`harr_tf.quiet`); `serving.search build|add|remove`
 load TensorFlow at all.
 """
 
-import sys
+from harr_tf.quiet import command_module, quiet_module_command_line
 
-from harr_tf.quiet import quiet_module_command_line
-
-_COMMAND = sys.orig_argv[sys.orig_argv.index("-m") + 1 :] if "-m" in sys.orig_argv else []
+_COMMAND = command_module()
 quiet_module_command_line(
-    needs_tensorflow=_COMMAND[:1] != ["serving.search"] or "query" in _COMMAND[1:2]
+    "serving", needs_tensorflow=_COMMAND[:1] != ["serving.search"] or "query" in _COMMAND[1:2]
 )
 
 IMAGES_SIGNATURE = "serving_default"

@@ -82,7 +82,7 @@ class EncoderServingGraph:
     def _decode(self, contents: tf.Tensor) -> tf.Tensor:
         """One encoded image → uint8 (H, W, C), as the data loaders would read it."""
         height, width, channels = self.image_shape
-        if channels == 3:  # what `read_image_folder` does
+        if channels == 3:  # what the folder reader does
             image = tf.io.decode_image(contents, channels=3, expand_animations=False)
         else:
             # BMP, GIF and WebP decoders cannot produce one channel themselves.

@@ -207,6 +207,7 @@ def search_configs(args: argparse.Namespace) -> tuple:
         trial_config = dataclasses.replace(
             config,
             epochs=args.epochs,
+            steps=None,  # a trial's length is --epochs, whatever the config file says
             steps_per_epoch=args.steps_per_epoch or config.steps_per_epoch,
             train_size=args.train_size if args.train_size is not None else config.train_size,
         )
