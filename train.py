@@ -13,6 +13,7 @@ import dataclasses
 import logging
 import os
 import sys
+import tempfile
 import time
 
 import yaml
@@ -174,6 +175,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--verbose", action="store_true", help="keep TensorFlow's start-up log lines (CUDA, oneDNN)"
     )
+    parser.add_argument(
+        "--mixed-precision",
+        choices=("none", "float16", "bfloat16"),
+        default="none",
+        help="compute in float16 (dynamic loss scaling) or bfloat16 with float32 weights: "
+        "for GPUs; on CPUs it is slower",
+    )
+    parser.add_argument(
+        "--distribute",
+        choices=("none", "mirrored", "multi-worker"),
+        help="tf.distribute strategy: mirrored over this machine's GPUs, multi-worker over "
+        "the machines TF_CONFIG names (default: mirrored when more than one GPU is visible)",
+    )
     return parser.parse_args(argv)
 
 
@@ -232,15 +246,22 @@ def main(argv: list[str] | None = None) -> int:
     from harr_tf.quiet import quiet_tensorflow
 
     quiet_tensorflow(args.verbose)
+    from harr_tf import distribute, precision
     from harr_tf.backbones import WeightsUnavailableError
     from harr_tf.report import results_table
     from harr_tf.run import TrainingDiverged, run
 
     try:
+        # Multi-worker must be set up before any other TensorFlow op runs.
+        strategy = distribute.make_strategy(args.distribute)
         config = resolve_config(args)
+        precision.set_precision(args.mixed_precision, config.model.backbone)
     except ValueError as error:
         raise SystemExit(f"Invalid configuration: {error}") from None
     run_dir = args.run_dir or os.path.join("runs", time.strftime("%Y%m%d-%H%M%S"))
+    if not distribute.is_chief(strategy):
+        # Only the chief writes the run directory; a worker keeps its files apart.
+        run_dir = tempfile.mkdtemp(prefix="harr-worker-")
     if os.path.exists(os.path.join(run_dir, "config.yaml")) and not args.resume:
         raise SystemExit(
             f"{run_dir} already holds a run: pass --resume to continue it, or another --run-dir."
@@ -250,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
         "Run directory: %s\n%s", run_dir, yaml.safe_dump(dataclasses.asdict(config))
     )
     try:
-        metrics = run(config, run_dir, verbose=0 if args.quiet else 1)
+        metrics = run(config, run_dir, verbose=0 if args.quiet else 1, strategy=strategy)
     except (TrainingDiverged, WeightsUnavailableError, ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

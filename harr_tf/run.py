@@ -36,6 +36,7 @@ from harr_tf.data import ImageDataset, ProtocolSplit, get_protocol, load_dataset
 from harr_tf.data.augment import ViewAugmenter
 from harr_tf.data.image_size import resolve_image_size
 from harr_tf.data.pipeline import training_dataset
+from harr_tf.distribute import synchronize_batch_norm
 from harr_tf.encoder import build_encoder, encode_images
 from harr_tf.features import pixel_features, wta_codes
 from harr_tf.layers import sign_codes
@@ -214,7 +215,7 @@ def training_stream(
     codes (`"wta"`, read from the returned variable, which `WTARefresh` may reassign),
     starting after `start_epoch` epochs."""
     augmenter = ViewAugmenter(
-        data.dataset.image_shape, config.augment, seed=config.seed + start_epoch, views=views
+        data.dataset.image_shape, config.augment, seed=config.seed, views=views
     )
     _, per_epoch = training_length(config, len(wta.codes))
     stream = training_dataset(
@@ -231,16 +232,28 @@ def training_stream(
 
 
 def train_code_length(
-    config: TrainConfig, bits: int, data: RunData, wta: WTAStructure, directory: str, verbose: int
+    config: TrainConfig,
+    bits: int,
+    data: RunData,
+    wta: WTAStructure,
+    directory: str,
+    verbose: int,
+    strategy: tf.distribute.Strategy | None = None,
 ) -> tuple[keras.Model, float]:
-    """Trains (or resumes) one model; returns its encoder and the training seconds."""
+    """Trains (or resumes) one model under `strategy` (default: none); returns its
+    encoder and the training seconds. `fit` gets the global batch: Keras splits it
+    over the replicas, and the losses gather it back (`HarrModel`)."""
     checkpoints = os.path.join(directory, "checkpoint")
     done = ResumableCheckpoint.completed_epochs(checkpoints)
-    if done:
-        model = keras.saving.load_model(os.path.join(checkpoints, "last.keras"))
-        logger.info("Resuming %d-bit model after epoch %d", bits, done)
-    else:
-        model = new_model(config, bits, data.dataset.image_shape, wta)
+    strategy = strategy or tf.distribute.get_strategy()
+    with strategy.scope():
+        if done:
+            model = keras.saving.load_model(os.path.join(checkpoints, "last.keras"))
+            logger.info("Resuming %d-bit model after epoch %d", bits, done)
+        else:
+            model = new_model(config, bits, data.dataset.image_shape, wta)
+        if strategy.num_replicas_in_sync > 1:
+            synchronize_batch_norm(model.encoder)
     epochs, steps = training_length(config, len(wta.codes))
     stream, codes = training_stream(config, data, wta, model.views, start_epoch=done)
     refresh = None
@@ -301,9 +314,15 @@ def baseline_maps(data: RunData, config: TrainConfig, progress: bool) -> dict:
     return {method: {str(b): value for b, value in maps.items()} for method, maps in found.items()}
 
 
-def run(config: TrainConfig, run_dir: str, verbose: int = 1) -> dict:
-    """Trains every code length of `config` in `run_dir` (resuming what is there) and
-    writes `metrics.json` and the plots; returns the metrics."""
+def run(
+    config: TrainConfig,
+    run_dir: str,
+    verbose: int = 1,
+    strategy: tf.distribute.Strategy | None = None,
+) -> dict:
+    """Trains every code length of `config` in `run_dir` (resuming what is there) under
+    `strategy` (`harr_tf.distribute`; default: none) and writes `metrics.json` and the
+    plots; returns the metrics."""
     data = load_run_data(config)
     os.makedirs(run_dir, exist_ok=True)
     check_same_split(os.path.join(run_dir, "split.npz"), data.split)
@@ -330,7 +349,7 @@ def run(config: TrainConfig, run_dir: str, verbose: int = 1) -> dict:
     baselines = baseline_maps(data, config, progress) if evaluated else {}
     for bits in config.bits:
         directory = os.path.join(run_dir, f"bits_{bits}")
-        encoder, seconds = train_code_length(config, bits, data, wta, directory, verbose)
+        encoder, seconds = train_code_length(config, bits, data, wta, directory, verbose, strategy)
         encoder.save(os.path.join(directory, "encoder.keras"))
         if not evaluated:
             continue

@@ -119,3 +119,29 @@ def test_bad_input_gets_one_clear_error(args, message, tmp_path):
     result = train(*args, "--run-dir", str(tmp_path / "run"), check=False)
     assert result.returncode != 0
     assert message in result.stderr
+
+
+def test_mirrored_mixed_precision_run_trains_and_evaluates(subset, tmp_path):
+    run_dir = tmp_path / "run"
+    args = ["--dataset", subset, "--bits", "8", "--epochs", "1", "--steps-per-epoch", "2"]
+    result = train(
+        *args,
+        "--distribute",
+        "mirrored",
+        "--mixed-precision",
+        "float16",
+        "--run-dir",
+        str(run_dir),
+        *SMALL,
+    )
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert 0.0 < metrics["results"]["8"]["map"] <= 1.0
+    assert "HARR" in result.stdout
+
+
+def test_multi_worker_without_tf_config_is_one_line(subset, tmp_path, monkeypatch):
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    args = ["--dataset", subset, "--run-dir", str(tmp_path / "run"), "--distribute"]
+    result = train(*args, "multi-worker", check=False)
+    assert result.returncode != 0 and "needs TF_CONFIG" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -34,8 +34,8 @@ def training_dataset(
     augmenter's seed: a random-access source shuffles all of `indices`, a sequential one
     (TFDS, TFRecord) its raw records through a buffer of `SEQUENTIAL_SHUFFLE` items.
     `start_step` skips the batches already trained on, without decoding them: a resumed
-    run sees the same images in the same order with the same crops, while the Keras
-    layers' randomness (colour, blur, RandAugment) restarts from the augmenter's seed.
+    run sees the same images in the same order with the same views (every random choice
+    of the augmenter is seeded by the element's position in the stream).
     """
     if isinstance(images, np.ndarray):
         images = ImageDataset.from_arrays(images)
@@ -68,8 +68,7 @@ def training_dataset(
 
     dataset = dataset.map(crop, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     dataset = dataset.batch(batch_size, drop_remainder=True)
-    # Sequential on purpose: the Keras layers' seed generators advance in batch order.
-    dataset = dataset.map(finish, num_parallel_calls=None)
+    dataset = dataset.map(finish, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return dataset.prefetch(tf.data.AUTOTUNE)
 
 
