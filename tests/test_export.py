@@ -138,10 +138,9 @@ def test_tf1_session_loader_gives_the_in_memory_codes(served_model):
     bundle.close()
 
 
-# Each `saved_model_cli` process spends seconds importing TensorFlow: the empty batch (the
-# guard around the encoder) and a full one per signature and model, all run at once;
-# the session loader above covers batch 1 as well.
-CLI_BATCHES = (0, 64)
+# Each `saved_model_cli` process spends seconds importing TensorFlow, so all of them
+# (every batch size, signature and model) run at once.
+CLI_BATCHES = (0, 1, 64)
 
 
 def test_saved_model_cli_run_gives_the_in_memory_codes(
