@@ -41,6 +41,7 @@ from harr_tf.encoder import build_encoder, encode_images
 from harr_tf.features import pixel_features, wta_codes
 from harr_tf.layers import sign_codes
 from harr_tf.model import HarrModel
+from harr_tf.pretrain import check_pretrained_weights
 from harr_tf.resume import check_same_split
 from harr_tf.retrieval import asymmetric_mean_average_precision, evaluate
 from harr_tf.wta import WTASimilarity, WTAThresholds, estimate_thresholds
@@ -324,6 +325,8 @@ def run(
     `strategy` (`harr_tf.distribute`; default: none) and writes `metrics.json` and the
     plots; returns the metrics."""
     data = load_run_data(config)
+    if os.path.isfile(config.model.weights):
+        check_pretrained_weights(config.model.weights, config.dataset, data.dataset.image_shape)
     os.makedirs(run_dir, exist_ok=True)
     check_same_split(os.path.join(run_dir, "split.npz"), data.split)
     with open(os.path.join(run_dir, "config.yaml"), "w") as f:

@@ -88,3 +88,23 @@ def test_a_killed_pretraining_resumes_from_its_last_epoch(subset, tmp_path):
     assert "Epoch 1/6" not in resumed.stdout and "Epoch 6/6" in resumed.stdout
     assert json.loads(progress.read_text())["epochs"] == 6
     assert (out / "backbone.weights.h5").is_file()
+
+
+def test_train_refuses_weights_pretrained_at_another_image_size(subset, tmp_path):
+    out = tmp_path / "pre"
+    args = ["--dataset", subset, "--epochs", "1", "--steps-per-epoch", "1", *SMALL]
+    pretrain(*args, "--image-size", "32", "--out", str(out), "--quiet")
+    weights = str(out / "backbone.weights.h5")
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    train = [sys.executable, os.path.join(os.path.dirname(__file__), "..", "train.py")]
+    flags = ["--dataset", subset, "--weights", weights, "--width", "4", "--bits", "8"]
+    result = subprocess.run(
+        [*train, *flags, "--run-dir", str(tmp_path / "run"), "--quiet"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert result.returncode != 0
+    assert "was pretrained on" in result.stderr and "[32, 32, 1]" in result.stderr
+    assert "Traceback" not in result.stderr
