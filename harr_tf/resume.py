@@ -20,22 +20,22 @@ from harr_tf.data.splits import ProtocolSplit
 RESUMABLE_SETTINGS = ("epochs", "steps", "eval_every", "data_dir")
 
 
-def changed_settings(saved, config) -> list[str]:
-    """Dotted names of the settings (beyond `RESUMABLE_SETTINGS`) that differ."""
+def changed_settings(saved, config) -> dict[str, tuple]:
+    """`{dotted name: (saved value, new value)}` of the settings, beyond
+    `RESUMABLE_SETTINGS`, that differ."""
     old, new = flatten_settings(to_dict(saved)), flatten_settings(to_dict(config))
-    return sorted(
-        name
-        for name in old.keys() | new.keys()
+    return {
+        name: (old.get(name), new.get(name))
+        for name in sorted(old.keys() | new.keys())
         if name not in RESUMABLE_SETTINGS and old.get(name) != new.get(name)
-    )
+    }
 
 
 def check_resumable(saved, config) -> None:
     """Raises SystemExit naming each setting that would change the resumed run."""
     changed = changed_settings(saved, config)
     if changed:
-        old, new = flatten_settings(to_dict(saved)), flatten_settings(to_dict(config))
-        details = ", ".join(f"{name}: {old.get(name)!r} -> {new.get(name)!r}" for name in changed)
+        details = ", ".join(f"{name}: {a!r} -> {b!r}" for name, (a, b) in changed.items())
         raise SystemExit(
             f"--resume continues a run with its own data, split, code lengths, WTA structure "
             f"and model; these settings differ from the run's config.yaml: {details}. Only "
