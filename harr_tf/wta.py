@@ -41,8 +41,17 @@ def make_permutation_table(
 
 
 def wta_codes(features: Any, table: Any) -> Any:
-    """WTA codes of a batch: features (batch, d), table (P, K) -> int32 (batch, P)."""
-    return ops.argmax(ops.take(features, table, axis=1), axis=-1)
+    """WTA codes of a batch: features (batch, d), table (P, K) -> int32 (batch, P).
+
+    A tie goes to the first of the tied positions on every device: `argmax` leaves
+    ties unspecified (a GPU may pick another), so it is taken over distinct scores,
+    K - k where position k holds the window's maximum and 0 elsewhere.
+    """
+    windows = ops.take(features, table, axis=1)
+    window = ops.shape(windows)[-1]
+    is_max = ops.equal(windows, ops.max(windows, axis=-1, keepdims=True))
+    first_wins = ops.where(is_max, ops.arange(window, 0, -1, dtype="int32"), 0)
+    return ops.cast(ops.argmax(first_wins, axis=-1), "int32")
 
 
 def encode_wta(features: np.ndarray, table: np.ndarray, batch_size: int = 4096) -> np.ndarray:

@@ -73,6 +73,20 @@ def test_codes_match_brute_force_argmax():
     np.testing.assert_array_equal(encoded, expected)
 
 
+def test_ties_go_to_the_first_position_eagerly_and_under_xla():
+    """Quantised features tie in most windows; XLA (the GPU's compiler) must pick the
+    same winner as the eager CPU kernel: the first of the tied positions."""
+    import tensorflow as tf
+
+    rng = np.random.default_rng(2)
+    features = rng.integers(0, 3, size=(64, 30)).astype(np.float32)
+    table = wta.make_permutation_table(30, num_permutations=64, window=8, seed=3)
+    expected = brute_codes(features, table)
+    compiled = tf.function(wta.wta_codes, jit_compile=True)
+    for codes in (wta.wta_codes(features, table), compiled(features, table)):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(codes), expected)
+
+
 def test_encode_wta_rejects_mismatched_features():
     table = wta.make_permutation_table(20, num_permutations=4, window=4)
     with pytest.raises(ValueError, match="d=10"):
