@@ -101,6 +101,14 @@ FLAGS = [
     ),
     ("--weight-decay", None, "weight_decay", float, "SGD weight decay"),
     ("--eval-every", None, "eval_every", int, "epochs between validation mAP evaluations"),
+    (
+        "--encode-batch-size",
+        None,
+        "encode_batch_size",
+        int,
+        "images per batch when encoding and extracting WTA features (default: 512 at "
+        "64x64 or smaller, fewer for larger images: 32 at 224x224)",
+    ),
     ("--seed", None, "seed", int, "seed of the split, WTA table, augmentation and weights"),
     ("--backbone", "model", "backbone", str, "small_cnn | vgg16 | resnet50 | efficientnetb0"),
     ("--weights", "model", "weights", str, "imagenet | none | PATH of a weights file"),

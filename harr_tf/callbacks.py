@@ -29,6 +29,7 @@ class RetrievalEvaluation(keras.callbacks.Callback):
         database: indices of what they are ranked against (ascending).
         top_k: the K of mAP@K; None for the whole database.
         every: evaluate every this many epochs (and always after the last).
+        batch_size: images per encoding batch (None: `inference_batch_size`).
     """
 
     def __init__(
@@ -38,11 +39,13 @@ class RetrievalEvaluation(keras.callbacks.Callback):
         database: np.ndarray,
         top_k: int | None = 1000,
         every: int = 1,
+        batch_size: int | None = None,
     ) -> None:
         super().__init__()
         self.dataset, self.queries, self.database = dataset, queries, database
         self.top_k = top_k
         self.every = every
+        self.batch_size = batch_size
         self.last_map: float | None = None
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
@@ -51,8 +54,8 @@ class RetrievalEvaluation(keras.callbacks.Callback):
             return
         encoder, labels = self.model.encoder, self.dataset.labels
         self.last_map = mean_average_precision(
-            encode_images(encoder, self.dataset.images(self.queries)),
-            encode_images(encoder, self.dataset.images(self.database)),
+            encode_images(encoder, self.dataset.images(self.queries), self.batch_size),
+            encode_images(encoder, self.dataset.images(self.database), self.batch_size),
             labels[self.queries],
             labels[self.database],
             top_k=self.top_k,

@@ -87,6 +87,7 @@ class TrainConfig:
     momentum: float = 0.9
     weight_decay: float = 1e-5
     eval_every: int = 10
+    encode_batch_size: int | None = None  # None: harr_tf.data.image_size's default
     validation_database_size: int = 10_000
     seed: int = 0
     wta: WTAConfig = WTAConfig()
@@ -104,7 +105,7 @@ class TrainConfig:
                 f"`train_size` must be an integer or 'all'. "
                 f"Received: train_size={self.train_size!r}"
             )
-        for name in ("epochs", "eval_every", "steps", "image_size"):
+        for name in ("epochs", "eval_every", "steps", "image_size", "encode_batch_size"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"`{name}` must be >= 1. Received: {name}={getattr(self, name)}")
         if self.epochs is not None and self.steps is not None:

@@ -10,6 +10,7 @@ from tqdm import tqdm
 
 from harr_tf.backbones import build_backbone
 from harr_tf.config import ModelConfig
+from harr_tf.data.image_size import inference_batch_size
 from harr_tf.layers import HashHead, sign_codes
 
 
@@ -33,7 +34,7 @@ def build_encoder(
 def encode_images(
     encoder: keras.Model,
     images: np.ndarray | tf.data.Dataset,
-    batch_size: int = 512,
+    batch_size: int | None = None,
     progress: bool = False,
     continuous: bool = False,
 ) -> np.ndarray:
@@ -43,9 +44,11 @@ def encode_images(
 
     `images` is an (n, H, W, C) array or a `tf.data.Dataset` of single (H, W, C) images
     (`ImageDataset.images(indices)`), read batch by batch: only the codes are kept.
+    `batch_size` None: `inference_batch_size` of the image size.
     """
     if isinstance(images, np.ndarray):
         images = tf.data.Dataset.from_tensor_slices(images)
+    batch_size = inference_batch_size(images.element_spec.shape, batch_size)
     count = int(images.cardinality())
     batches = images.batch(batch_size).map(lambda batch: tf.cast(batch, tf.float32))
     total = -(-count // batch_size) if count >= 0 else None

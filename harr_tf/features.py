@@ -29,6 +29,7 @@ import tensorflow as tf
 from tqdm import tqdm
 
 from harr_tf.data.feature_file import read_feature_file
+from harr_tf.data.image_size import inference_batch_size
 from harr_tf.wta import encode_wta, make_permutation_table
 
 # Binomial approximation of a Gaussian with σ ≈ 1 pixel.
@@ -119,6 +120,7 @@ def wta_codes(
     seed: int,
     network: keras.Model | None = None,
     progress: bool = False,
+    batch_size: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The WTA table (P, K) and the codes (n, P) of `dataset`'s items `indices` under
     `source`, features computed batch by batch and dropped once encoded.
@@ -131,6 +133,8 @@ def wta_codes(
         seed: seed of the permutation table.
         network: for "backbone", the model mapping pixels to (batch, d) features.
         progress: show a progress bar per pass over the images.
+        batch_size: images per batch through `network` (`--encode-batch-size`; None:
+            `inference_batch_size` of the image size).
     """
     validate_feature_source(source)
     indices = np.asarray(indices, np.int64)
@@ -139,18 +143,20 @@ def wta_codes(
         dim = features.shape[1]
         batches = (features[s : s + _BATCH] for s in range(0, len(features), _BATCH))
     else:
-        dim, batches = _image_features(dataset, indices, source, network, progress)
+        dim, batches = _image_features(dataset, indices, source, network, progress, batch_size)
     table = make_permutation_table(dim, num_permutations, window, seed=seed)
     codes = [encode_wta(batch, table) for batch in batches]
     return table, np.concatenate(codes) if codes else np.zeros((0, num_permutations), np.uint8)
 
 
-def _image_features(dataset, indices, source, network, progress) -> tuple[int, Iterator]:
+def _image_features(
+    dataset, indices, source, network, progress, batch_size
+) -> tuple[int, Iterator]:
     """The feature dimension and a generator of (batch, d) float32 features."""
 
-    def passes(what: str) -> Iterator[np.ndarray]:
-        stream = dataset.images(indices).batch(_BATCH).prefetch(tf.data.AUTOTUNE)
-        steps = -(-len(indices) // _BATCH)
+    def passes(what: str, size: int = _BATCH) -> Iterator[np.ndarray]:
+        stream = dataset.images(indices).batch(size).prefetch(tf.data.AUTOTUNE)
+        steps = -(-len(indices) // size)
         return tqdm(
             stream.as_numpy_iterator(), what, total=steps, unit="batch", disable=not progress
         )
@@ -160,7 +166,8 @@ def _image_features(dataset, indices, source, network, progress) -> tuple[int, I
             raise ValueError("The 'backbone' WTA source needs the backbone network.")
 
         def network_batches() -> Iterator[np.ndarray]:
-            for batch in passes("WTA features (backbone)"):
+            size = inference_batch_size(dataset.image_shape, batch_size)
+            for batch in passes("WTA features (backbone)", size):
                 features = network(batch.astype(np.float32), training=False)
                 yield keras.ops.convert_to_numpy(features).reshape(len(batch), -1)
 

@@ -113,7 +113,7 @@ class HarrModel(keras.Model):
     def call(self, images: Any, training: bool = False) -> Any:
         return self.encoder(images, training=training)
 
-    def encode(self, images: np.ndarray, batch_size: int = 512) -> np.ndarray:
+    def encode(self, images: np.ndarray, batch_size: int | None = None) -> np.ndarray:
         """Binary codes (n, bits) int8 in {−1, +1} for pixels (n, H, W, C) in [0, 255]."""
         return encode_images(self.encoder, images, batch_size)
 

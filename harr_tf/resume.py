@@ -17,7 +17,7 @@ from harr_tf.data.splits import ProtocolSplit
 
 # Settings a resumed run may change: how long it trains, how often it evaluates, and
 # where the same data files are found.
-RESUMABLE_SETTINGS = ("epochs", "steps", "eval_every", "data_dir")
+RESUMABLE_SETTINGS = ("epochs", "steps", "eval_every", "data_dir", "encode_batch_size")
 
 
 def changed_settings(saved, config) -> dict[str, tuple]:

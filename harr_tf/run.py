@@ -145,6 +145,7 @@ def build_wta_structure(
         seed=config.seed,
         network=network,
         progress=progress,
+        batch_size=config.encode_batch_size,
     )
     thresholds = estimate_thresholds(
         codes, wta.window, rho=wta.positive_fraction, max_pairs=wta.max_pairs, seed=config.seed
@@ -161,7 +162,12 @@ def validation_callback(data: RunData, config: TrainConfig) -> RetrievalEvaluati
     if len(rest) > config.validation_database_size:
         rest = np.sort(rng.choice(rest, config.validation_database_size, replace=False))
     return RetrievalEvaluation(
-        data.dataset, data.split.validation, rest, top_k=data.top_k, every=config.eval_every
+        data.dataset,
+        data.split.validation,
+        rest,
+        top_k=data.top_k,
+        every=config.eval_every,
+        batch_size=config.encode_batch_size,
     )
 
 
@@ -356,12 +362,13 @@ def run(
         encoder.save(os.path.join(directory, "encoder.keras"))
         if not evaluated:
             continue
+        batch = config.encode_batch_size
         query_continuous = encode_images(
-            encoder, data.dataset.images(data.split.query), progress=progress, continuous=True
+            encoder, data.dataset.images(data.split.query), batch, progress, continuous=True
         )
         query_codes = keras.ops.convert_to_numpy(sign_codes(query_continuous))
         database_codes = encode_images(
-            encoder, data.dataset.images(data.split.database), progress=progress
+            encoder, data.dataset.images(data.split.database), batch, progress
         )
         result = evaluate(
             query_codes,

@@ -10,10 +10,11 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
+from harr_tf import encoder as encoder_module
 from harr_tf.config import ModelConfig, TrainConfig
 from harr_tf.data import load_dataset
 from harr_tf.data.folder import resize_square, scan_image_folder
-from harr_tf.data.image_size import resolve_image_size
+from harr_tf.data.image_size import inference_batch_size, resolve_image_size
 from harr_tf.data.splits import ProtocolSplit
 from harr_tf.data.tfrecord import main as tfrecord_main
 from harr_tf.encoder import build_encoder, encode_images
@@ -36,7 +37,7 @@ def uneven(tmp_path_factory):
     return root
 
 
-def test_uneven_classes_train_and_evaluate_end_to_end(uneven, tmp_path, caplog):
+def test_uneven_classes_train_and_evaluate_end_to_end(uneven, tmp_path, caplog, monkeypatch):
     config = TrainConfig(
         dataset=f"folder:{uneven}",
         bits=(8,),
@@ -44,10 +45,16 @@ def test_uneven_classes_train_and_evaluate_end_to_end(uneven, tmp_path, caplog):
         batch_size=32,
         image_size=16,
         eval_every=1,
+        encode_batch_size=24,
         model=ModelConfig(width=4),
+    )
+    requested = []  # --encode-batch-size reaches the validation and the evaluation encodings
+    monkeypatch.setattr(
+        encoder_module, "inference_batch_size", lambda shape, size: requested.append(size) or size
     )
     with caplog.at_level(logging.INFO, logger="harr_tf"):
         metrics = run(config, str(tmp_path / "run"), verbose=0)
+    assert len(requested) == 4 and set(requested) == {24}
     split = ProtocolSplit.load(tmp_path / "run" / "split.npz")
     # Class ids follow the sorted folder names: forty, many, one, three.
     assert split.class_counts.tolist() == [
@@ -137,6 +144,17 @@ def test_image_size_defaults_and_minimum():
     assert resolve_image_size(48, (256, 256), "vgg16") == 48
     with pytest.raises(ValueError, match="--image-size 16 is below resnet50's minimum of 32"):
         resolve_image_size(16, (256, 256), "resnet50")
+
+
+def test_inference_batches_shrink_with_the_image_size():
+    assert inference_batch_size((28, 28, 1)) == 512  # Fashion-MNIST: as before
+    assert inference_batch_size((64, 64, 3)) == 512
+    assert inference_batch_size((96, 96, 3)) == 128
+    assert inference_batch_size((224, 224, 3)) == 32  # 512 would hold 13 GB in VGG16
+    assert inference_batch_size((2048, 2048, 3)) == 16
+    assert inference_batch_size((224, 224, 3), requested=100) == 100
+    with pytest.raises(ValueError, match="encode_batch_size=0"):
+        TrainConfig(encode_batch_size=0)
 
 
 def test_truncated_files_are_skipped_and_jpeg_tails_kept(tmp_path, caplog):

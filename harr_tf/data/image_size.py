@@ -14,6 +14,21 @@ PRETRAINED_SIZE = 224
 # keras.applications' smallest input without the classifier; small_cnn's grid pooling
 # needs 3 x 3 cells after two 2 x 2 max-poolings.
 MIN_SIZE = {"small_cnn": 12, "vgg16": 32, "resnet50": 32, "efficientnetb0": 32}
+INFERENCE_PIXELS = 512 * 64 * 64  # 512 images of 64 x 64; 32 images of 224 x 224
+
+
+def inference_batch_size(image_shape: tuple[int, ...], requested: int | None = None) -> int:
+    """Images per batch when encoding or extracting features (`--encode-batch-size`;
+    None: at most `INFERENCE_PIXELS` pixels per batch, a power of two in [16, 512]).
+
+    Inference holds a whole batch's activations at once: 512 images at 224 x 224 through
+    VGG16 would need over 13 GB for two of its first feature maps alone.
+    """
+    if requested is not None:
+        return requested
+    height, width = image_shape[0], image_shape[1]
+    fits = max(1, INFERENCE_PIXELS // (height * width))
+    return int(min(512, max(16, 2 ** (fits.bit_length() - 1))))
 
 
 def resolve_image_size(
