@@ -1,8 +1,10 @@
-"""Training throughput: float32 against mixed precision, 1 against N devices, and the
-HARR step against the bare backbone step, side by side in one run.
+"""Training throughput: float32 against mixed precision, 1 against N devices, XLA
+(`jit_compile`) off against on, and the HARR step against the bare backbone step, side
+by side in one run.
 
     python benchmarks/throughput.py --batch-size 128 --steps 5
     python benchmarks/throughput.py --backbone resnet50 --image-size 224 --batch-size 64
+    python benchmarks/throughput.py --precisions none --xla off,on --steps 20
 
 Devices are the visible GPUs, or without GPUs `--cpu-devices` logical CPU devices made
 from the one CPU (they share its cores: the rows show the overhead of the replicas, not
@@ -45,6 +47,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5, help="timed steps of each kind")
     parser.add_argument("--cpu-devices", type=int, default=2, help="without GPUs")
     parser.add_argument("--precisions", default="none,float16,bfloat16")
+    parser.add_argument("--xla", default="off", help="jit_compile of the steps: off,on")
     args = parser.parse_args()
     devices = configure_devices(args.cpu_devices)
 
@@ -90,7 +93,7 @@ def main() -> None:
     if len(devices) > 1:
         strategies[len(devices)] = tf.distribute.MirroredStrategy(devices)
 
-    def timed(precision: str, replicas: int, kind: str) -> float:
+    def timed(precision: str, replicas: int, kind: str, xla: bool) -> float:
         set_precision(precision, args.backbone)
         strategy = strategies[replicas]
         with strategy.scope():
@@ -102,7 +105,8 @@ def main() -> None:
             else:
                 similarity = WTASimilarity(tau=0.3, s_max=0.9, s_min=0.0, window=8)
                 model = HarrModel(encoder, similarity)
-            model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9))
+            optimizer = keras.optimizers.SGD(0.01, momentum=0.9)
+            model.compile(optimizer=optimizer, jit_compile=xla)
         model.fit(dataset, steps_per_epoch=2, verbose=0)  # trace and warm up
         start = time.perf_counter()
         model.fit(dataset, steps_per_epoch=args.steps, verbose=0)
@@ -116,16 +120,17 @@ def main() -> None:
         f"{args.bits} bits, {args.steps} steps; devices: {', '.join(devices)}; "
         f"{os.cpu_count()} CPU cores"
     )
-    header = f"{'precision':<10}{'devices':>8}{'bare img/s':>12}{'HARR img/s':>12}"
+    header = f"{'precision':<10}{'devices':>8}{'XLA':>5}{'bare img/s':>12}{'HARR img/s':>12}"
     print(f"{header}{'HARR/bare':>10}{'HARR vs row 1':>15}")
     reference = None
     for precision in args.precisions.split(","):
         for replicas in counts:
-            bare = timed(precision, replicas, "bare")
-            harr = timed(precision, replicas, "harr")
-            reference = reference or harr
-            row = f"{precision:<10}{replicas:>8}{bare:>12.0f}{harr:>12.0f}"
-            print(f"{row}{harr / bare:>10.2f}{harr / reference:>15.2f}")
+            for xla in args.xla.split(","):
+                bare = timed(precision, replicas, "bare", xla == "on")
+                harr = timed(precision, replicas, "harr", xla == "on")
+                reference = reference or harr
+                row = f"{precision:<10}{replicas:>8}{xla:>5}{bare:>12.0f}{harr:>12.0f}"
+                print(f"{row}{harr / bare:>10.2f}{harr / reference:>15.2f}")
 
 
 if __name__ == "__main__":
