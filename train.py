@@ -112,6 +112,14 @@ FLAGS = [
     ("--seed", None, "seed", int, "seed of the split, WTA table, augmentation and weights"),
     ("--backbone", "model", "backbone", str, "small_cnn | vgg16 | resnet50 | efficientnetb0"),
     ("--weights", "model", "weights", str, "imagenet | none | PATH of a weights file"),
+    (
+        "--init-from-teacher",
+        "model",
+        "init_from_teacher",
+        lambda s: s.lower() in ("1", "true", "yes"),
+        "true (default): the trained backbone starts from --weights, as the WTA teacher "
+        "does; false: from seeded random weights (the teacher keeps --weights)",
+    ),
     ("--width", "model", "width", int, "small_cnn channels of the first stage"),
     (
         "--pooling",

@@ -58,9 +58,17 @@ class ModelConfig:
     beta: float = 1.0
     beta_growth: float = 0.0
     backbone_lr_multiplier: float = 0.01
+    # The student's backbone starts from `weights` (as the WTA teacher does) or from
+    # seeded random weights, so a pretrained teacher can be measured with and without.
+    init_from_teacher: bool = True
 
     def __post_init__(self) -> None:
         validate_pooling(self.pooling)
+
+    @property
+    def student_weights(self) -> str:
+        """The weights the trained network starts from: `weights`, or "none"."""
+        return self.weights if self.init_from_teacher else "none"
 
 
 # The contrastive loss needs several negatives per image in each batch.

@@ -20,11 +20,12 @@ def build_encoder(
     """(batch, H, W, C) float pixels in [0, 255] → continuous codes h, (batch, bits).
 
     The backbone is the sub-model named "backbone" (its learning rate is scaled
-    during training); the head is the layer named "hash_head".
+    during training), starting from `config.student_weights`; the head is the layer
+    named "hash_head".
     """
     config = config or ModelConfig()
     backbone = build_backbone(
-        config.backbone, input_shape, config.weights, config.width, config.pooling
+        config.backbone, input_shape, config.student_weights, config.width, config.pooling
     )
     inputs = keras.Input(input_shape, name="pixels")
     codes = HashHead(bits, beta=config.beta, name="hash_head")(backbone(inputs))

@@ -197,7 +197,7 @@ def new_model(config: TrainConfig, bits: int, image_shape, wta: WTAStructure) ->
         similarity_weight=config.loss.similarity_weight,
         guidance=config.loss.guidance,
         backbone_lr_multiplier=(
-            1.0 if config.model.weights == "none" else config.model.backbone_lr_multiplier
+            1.0 if config.model.student_weights == "none" else config.model.backbone_lr_multiplier
         ),
     )
     epochs, steps = training_length(config, len(wta.codes))

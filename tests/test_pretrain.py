@@ -108,3 +108,47 @@ def test_train_refuses_weights_pretrained_at_another_image_size(subset, tmp_path
     assert result.returncode != 0
     assert "was pretrained on" in result.stderr and "[32, 32, 1]" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_pretrained_weights_teach_and_start_the_student_or_not(subset, tmp_path):
+    """`train.py --weights FILE --wta-features backbone`: the WTA codes are the pretrained
+    backbone's, computed directly here; `--init-from-teacher` decides whether the student
+    starts from the same weights or from seeded random ones."""
+    from harr_tf.config import ModelConfig
+    from harr_tf.data import load_dataset
+    from harr_tf.data.splits import ProtocolSplit
+    from harr_tf.encoder import build_encoder
+    from harr_tf.wta import encode_wta
+
+    out = tmp_path / "pre"
+    args = ["--dataset", subset, "--epochs", "1", "--steps-per-epoch", "2", *SMALL]
+    pretrain(*args, "--out", str(out), "--quiet")
+    weights = str(out / "backbone.weights.h5")
+    teacher = build_backbone("small_cnn", (28, 28, 1), weights, width=4, pooling="grid")
+    images = np.random.default_rng(0).uniform(0, 255, (4, 28, 28, 1)).astype("float32")
+    for start in (True, False):
+        student = build_encoder(
+            (28, 28, 1), 8, ModelConfig(weights=weights, width=4, init_from_teacher=start)
+        ).get_layer("backbone")
+        same = np.allclose(student.predict(images, verbose=0), teacher.predict(images, verbose=0))
+        assert same == start
+
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    train = [sys.executable, os.path.join(os.path.dirname(__file__), "..", "train.py")]
+    flags = ["--dataset", subset, "--weights", weights, "--wta-features", "backbone"]
+    flags += ["--init-from-teacher", "false", "--width", "4", "--bits", "8", "--steps", "2"]
+    run_dir = tmp_path / "run"
+    result = subprocess.run(
+        [*train, *flags, "--run-dir", str(run_dir), "--quiet"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    wta = np.load(run_dir / "wta.npz")
+    train_items = ProtocolSplit.load(run_dir / "split.npz").train
+    pixels = load_dataset(subset).read(train_items).astype("float32")
+    features = teacher.predict(pixels, verbose=0).reshape(len(pixels), -1)
+    expected = encode_wta(features, wta["table"])
+    assert np.mean(wta["codes"] == expected) > 0.999  # bar float ties across batch sizes
