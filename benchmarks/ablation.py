@@ -2,6 +2,7 @@
 replaced by plain instance contrast — same data, budget and seed.
 
     python benchmarks/ablation.py --bits 64 [--config FILE.yaml] [--json ablation.json]
+    python benchmarks/ablation.py --variants "without L_bcr,without L_q"
 
 Each variant is a complete `train.py` run (in --work-dir) evaluated on the query set.
 """
@@ -33,14 +34,24 @@ def main() -> None:
     parser.add_argument("--bits", type=int, default=64)
     parser.add_argument("--work-dir", default="runs/ablation")
     parser.add_argument("--json", help="write {variant: mAP} here")
+    parser.add_argument(
+        "--variants",
+        default=",".join(VARIANTS),
+        help=f"comma-separated variants to run (default: all of {', '.join(VARIANTS)})",
+    )
     args = parser.parse_args()
+    chosen = args.variants.split(",")
+    unknown = sorted(set(chosen) - set(VARIANTS))
+    if unknown:
+        parser.error(f"unknown --variants {unknown}; expected some of {list(VARIANTS)}")
     base = TrainConfig()
     if args.config:
         with open(args.config) as f:
             base = from_dict(TrainConfig, yaml.safe_load(f) or {})
     base = dataclasses.replace(base, bits=(args.bits,))
     results = {}
-    for name, loss_changes in VARIANTS.items():
+    for name in chosen:
+        loss_changes = VARIANTS[name]
         config = dataclasses.replace(base, loss=dataclasses.replace(base.loss, **loss_changes))
         run_dir = os.path.join(args.work_dir, name.replace(" ", "_"))
         metrics = run(config, run_dir, verbose=0)
