@@ -1,4 +1,5 @@
-"""Training callbacks: retrieval mAP on the validation split, the β schedule, NaN guard."""
+"""Training callbacks: retrieval mAP on the validation split, the β schedule, the NaN
+guard and the last good checkpoint."""
 
 from __future__ import annotations
 
@@ -77,59 +78,70 @@ class BetaSchedule(keras.callbacks.Callback):
 
 
 class StopOnNonFiniteLoss(keras.callbacks.Callback):
-    """Stops training at the first NaN/inf loss and says so; the checkpoint written at
-    the end of the last good epoch stays the latest one."""
+    """Stops training after an epoch whose loss is NaN/inf, reading the loss once per epoch.
+
+    The epoch's logged `loss` is the running mean of its batches' losses, so it is not
+    finite exactly when some batch's was: no work per step, no wait for a step's result.
+    `LastGoodCheckpoint` skips that epoch, so the last good checkpoint stays.
+    """
 
     def __init__(self) -> None:
         super().__init__()
-        self.failed_at: tuple[int, int] | None = None
-        self.epoch = 0
+        self.failed_epoch: int | None = None
 
-    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
-        self.epoch = epoch
+    @property
+    def failed_at(self) -> tuple[int, str] | None:
+        """`(epoch, "unknown")`, the form the tuner reports: the batch is not tracked."""
+        return None if self.failed_epoch is None else (self.failed_epoch, "unknown")
 
-    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         loss = (logs or {}).get("loss")
-        if loss is not None and not np.isfinite(float(loss)):
-            self.failed_at = (self.epoch, batch)
+        if loss is not None and not np.isfinite(loss):
+            self.failed_epoch = epoch
             self.model.stop_training = True
 
 
-class ResumableCheckpoint(keras.callbacks.Callback):
-    """After every epoch with a finite loss, saves the whole model (weights and
-    optimizer state) to `DIR/last.keras` and the epoch count to `DIR/state.json`.
+class LastGoodCheckpoint(keras.callbacks.BackupAndRestore):
+    """Keras's `BackupAndRestore` (weights and optimizer state in `DIR/latest.weights.h5`,
+    the epoch count in `DIR/training_metadata.json`, restored when `fit` begins), kept
+    after training, with what a run adds:
 
-    Both are written to a temporary file and renamed, so a `kill -9` leaves the
-    previous complete checkpoint in place; a NaN epoch never replaces a good one.
+    - an epoch whose loss or weights are not finite never replaces the checkpoint;
+    - each file is written beside and renamed, so a kill leaves the last complete one;
+    - only `write=True` (the chief) writes; every worker restores from `directory`, which
+      must therefore be on storage that all workers see.
     """
 
-    def __init__(self, directory: str) -> None:
-        super().__init__()
-        self.directory = directory
-        os.makedirs(directory, exist_ok=True)
-
-    @property
-    def model_path(self) -> str:
-        return os.path.join(self.directory, "last.keras")
+    def __init__(self, directory: str, write: bool = True) -> None:
+        super().__init__(directory, delete_checkpoint=False)
+        self.write = write
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        logs = logs or {}
-        if not np.isfinite(float(logs.get("loss", 0.0))):
+        loss = (logs or {}).get("loss", 0.0)
+        if not self.write or not np.isfinite(loss) or not finite_weights(self.model):
             return
-        temporary = os.path.join(self.directory, "saving.keras")
-        self.model.save(temporary)
-        os.replace(temporary, self.model_path)
-        state = {"epoch": epoch + 1, "logs": {k: float(v) for k, v in logs.items()}}
-        write_json_atomically(os.path.join(self.directory, "state.json"), state)
+        os.makedirs(self.backup_dir, exist_ok=True)
+        # save_weights wants a name ending in .weights.h5.
+        temporary = os.path.join(self.backup_dir, f".saving{os.getpid()}.weights.h5")
+        self.model.save_weights(temporary)
+        os.replace(temporary, self._weights_path)
+        write_json_atomically(self._training_metadata_path, {"epoch": epoch + 1, "batch": 0})
 
     @staticmethod
     def completed_epochs(directory: str) -> int:
-        """Epochs completed by the checkpoint in `directory` (0 when there is none)."""
-        path = os.path.join(directory, "state.json")
+        """Epochs completed by the checkpoint in `directory` (0 when there is none): known
+        before `fit`, which the training stream and `WTARefresh` need."""
+        path = os.path.join(directory, "training_metadata.json")
         if not os.path.exists(path):
             return 0
         with open(path) as f:
             return int(json.load(f)["epoch"])
+
+
+def finite_weights(model: keras.Model) -> bool:
+    """Whether every weight of `model` is finite: an update can overflow after the last
+    finite loss of an epoch. Reads the weights once, as saving does."""
+    return all(np.isfinite(keras.ops.convert_to_numpy(v)).all() for v in model.weights)
 
 
 class WTARefresh(keras.callbacks.Callback):
@@ -149,14 +161,28 @@ class WTARefresh(keras.callbacks.Callback):
         config: the WTA settings (P, K, ρ, pair budget).
         seed: seed of the permutation tables and the pair sample.
         every: epochs between refreshes.
+        start_epoch: epochs already done (a resumed run): when `fit` begins, the codes of
+            the last refresh are rebuilt, after `LastGoodCheckpoint` (listed before this)
+            has restored the weights they come from.
     """
 
     def __init__(
-        self, dataset, indices: np.ndarray, codes, config: WTAConfig, seed: int, every: int
+        self,
+        dataset,
+        indices: np.ndarray,
+        codes,
+        config: WTAConfig,
+        seed: int,
+        every: int,
+        start_epoch: int = 0,
     ) -> None:
         super().__init__()
         self.dataset, self.indices, self.codes, self.config = dataset, indices, codes, config
-        self.seed, self.every = seed, every
+        self.seed, self.every, self.start_epoch = seed, every, start_epoch
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        if self.start_epoch >= self.every:
+            self.refresh(self.start_epoch - self.start_epoch % self.every)
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         if (epoch + 1) % self.every == 0 and epoch + 1 < self.params.get("epochs", 0):

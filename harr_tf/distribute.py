@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 
 import keras
 import tensorflow as tf
@@ -83,6 +84,19 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
     )
 
 
+def worker_run_dir(shared: str, bits: tuple[int, ...]) -> str:
+    """A temporary run directory for a worker that is not the chief. Only the chief writes
+    `shared` (the `--run-dir`), but each `bits_B/checkpoint` here links to the chief's
+    there, so a restarted worker restores what the chief saved: `shared` must be on
+    storage every worker sees."""
+    directory = tempfile.mkdtemp(prefix="harr-worker-")
+    for length in bits:
+        os.makedirs(os.path.join(directory, f"bits_{length}"))
+        target = os.path.abspath(os.path.join(shared, f"bits_{length}", "checkpoint"))
+        os.symlink(target, os.path.join(directory, f"bits_{length}", "checkpoint"))
+    return directory
+
+
 def synchronize_batch_norm(model: keras.Layer) -> int:
     """Makes every `BatchNormalization` inside `model` compute its batch statistics over
     all replicas (the global batch); returns how many. Outside a strategy they behave as
@@ -96,3 +110,24 @@ def synchronize_batch_norm(model: keras.Layer) -> int:
             count += 1
         stack.extend(getattr(layer, "layers", []))
     return count
+
+
+def work_around_keras_multi_worker(model: keras.Model, strategy: tf.distribute.Strategy) -> None:
+    """Makes Keras 3's `fit` run `model` under `MultiWorkerMirroredStrategy`, which as
+    released fails twice:
+
+    - before training it averages one distributed batch over the workers to build the
+      model, which fails for a dict batch (keras-team/keras#20329: "Attempt to convert a
+      value ({'a': PerReplica: ...}) with an unsupported type (<class 'dict'>)"); a model
+      built in its constructor, as `HarrModel` is, needs no such build;
+    - it averages each step's logs with `strategy.reduce("MEAN", v, axis=0)`, which fails
+      for scalars (tensorflow/tensorflow#72388: "Invalid reduction dimension 0 for input
+      with 0 dimensions"); the step's logs are given as vectors of one value instead.
+    """
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return
+    model._maybe_symbolic_build = lambda iterator=None, data_batch=None: None
+    step = model.train_step
+    model.train_step = lambda batch: {
+        name: tf.reshape(value, [1]) for name, value in step(batch).items()
+    }

@@ -26,7 +26,7 @@ from harr_tf.backbones import build_backbone
 from harr_tf.baselines import evaluate_baselines
 from harr_tf.callbacks import (
     BetaSchedule,
-    ResumableCheckpoint,
+    LastGoodCheckpoint,
     RetrievalEvaluation,
     StopOnNonFiniteLoss,
     WTARefresh,
@@ -36,7 +36,7 @@ from harr_tf.data import ImageDataset, ProtocolSplit, get_protocol, load_dataset
 from harr_tf.data.augment import ViewAugmenter
 from harr_tf.data.image_size import resolve_image_size
 from harr_tf.data.pipeline import training_dataset
-from harr_tf.distribute import synchronize_batch_norm
+from harr_tf.distribute import is_chief, synchronize_batch_norm, work_around_keras_multi_worker
 from harr_tf.encoder import build_encoder, encode_images
 from harr_tf.features import pixel_features, wta_codes
 from harr_tf.layers import sign_codes
@@ -249,35 +249,39 @@ def train_code_length(
 ) -> tuple[keras.Model, float]:
     """Trains (or resumes) one model under `strategy` (default: none); returns its
     encoder and the training seconds. `fit` gets the global batch: Keras splits it
-    over the replicas, and the losses gather it back (`HarrModel`)."""
+    over the replicas, and the losses gather it back (`HarrModel`).
+
+    The checkpoint (weights and optimizer) is `directory/checkpoint`: only the chief
+    writes it, every worker restores from it, so under multi-worker it must be on
+    storage all workers see."""
     checkpoints = os.path.join(directory, "checkpoint")
-    done = ResumableCheckpoint.completed_epochs(checkpoints)
+    done = LastGoodCheckpoint.completed_epochs(checkpoints)
+    if done:
+        logger.info("Resuming %d-bit model after epoch %d", bits, done)
     strategy = strategy or tf.distribute.get_strategy()
     with strategy.scope():
-        if done:
-            model = keras.saving.load_model(os.path.join(checkpoints, "last.keras"))
-            logger.info("Resuming %d-bit model after epoch %d", bits, done)
-        else:
-            model = new_model(config, bits, data.dataset.image_shape, wta)
+        model = new_model(config, bits, data.dataset.image_shape, wta)
+        # Its variables are made here, in the scope, before the checkpoint is restored.
+        model.optimizer.build(model.trainable_variables)
         if strategy.num_replicas_in_sync > 1:
             synchronize_batch_norm(model.encoder)
+    work_around_keras_multi_worker(model, strategy)
     epochs, steps = training_length(config, len(wta.codes))
     stream, codes = training_stream(config, data, wta, model.views, start_epoch=done)
     refresh = None
     if config.wta.refresh_every:
+        every = config.wta.refresh_every
         refresh = WTARefresh(
-            data.dataset, data.split.train, codes, config.wta, config.seed, config.wta.refresh_every
+            data.dataset, data.split.train, codes, config.wta, config.seed, every, done
         )
-        if done >= config.wta.refresh_every:  # the checkpoint's thresholds need their codes
-            refresh.set_model(model)
-            refresh.refresh(done - done % config.wta.refresh_every)
+    checkpoint = LastGoodCheckpoint(checkpoints, write=is_chief(strategy))
     guard = StopOnNonFiniteLoss()
     callbacks = [
+        checkpoint,  # first: it restores the weights the others then see
         refresh,
         BetaSchedule(config.model.beta, config.model.beta_growth),
         guard,
         validation_callback(data, config),
-        ResumableCheckpoint(checkpoints),
         keras.callbacks.TensorBoard(os.path.join(directory, "logs")),
     ]
     start = time.perf_counter()
@@ -291,13 +295,20 @@ def train_code_length(
             callbacks=[c for c in callbacks if c is not None],
             verbose=verbose,
         )
+    else:  # trained to the end, stopped before the encoder was saved: restore only
+        checkpoint.set_model(model)
+        checkpoint.on_train_begin()
     seconds = time.perf_counter() - start
-    if guard.failed_at is not None:
-        epoch, batch = guard.failed_at
+    if guard.failed_epoch is not None:
+        kept = checkpoint.completed_epochs(checkpoints)
         raise TrainingDiverged(
-            f"The {bits}-bit model's loss became NaN/inf at epoch {epoch + 1}, batch {batch}. "
-            f"The last good checkpoint is kept in {checkpoints}; lower --learning-rate or the "
-            "loss weights and run again with --resume."
+            f"The {bits}-bit model's loss became NaN/inf in epoch {guard.failed_epoch + 1}. "
+            + (
+                f"The last good checkpoint, after epoch {kept}, is kept in {checkpoints}"
+                if kept
+                else "No epoch had ended with a finite loss, so there is no checkpoint"
+            )
+            + "; lower --learning-rate or the loss weights and run again with --resume."
         )
     return model.encoder, seconds
 

@@ -1,5 +1,5 @@
 """Callbacks: val_map against the retrieval code, β schedule, NaN stop keeping the last
-good checkpoint, atomic resumable checkpoints."""
+good checkpoint, Keras's BackupAndRestore checkpoints of weights and optimizer state."""
 
 import json
 import os
@@ -10,7 +10,7 @@ import tensorflow as tf
 
 from harr_tf.callbacks import (
     BetaSchedule,
-    ResumableCheckpoint,
+    LastGoodCheckpoint,
     RetrievalEvaluation,
     StopOnNonFiniteLoss,
     WTARefresh,
@@ -25,13 +25,39 @@ from harr_tf.wta import WTASimilarity
 SHAPE = (8, 8, 1)
 
 
-def make_model():
+def make_model(momentum=0.0):
     model = HarrModel(
         build_encoder(SHAPE, 8, ModelConfig(width=4)),
         WTASimilarity(tau=0.5, s_max=0.9, s_min=0.1, window=4),
     )
-    model.compile(optimizer=tf.keras.optimizers.SGD(0.01))
+    model.compile(optimizer=tf.keras.optimizers.SGD(0.01, momentum=momentum))
     return model
+
+
+def state(model):
+    """The model's weights and its optimizer's variables (iterations, momenta)."""
+    return [np.array(v) for v in model.weights], [np.array(v) for v in model.optimizer.variables]
+
+
+class Record(tf.keras.callbacks.Callback):
+    """The model's state when `fit` begins (after a restore) and after each epoch."""
+
+    def __init__(self):
+        super().__init__()
+        self.begin, self.epochs = None, {}
+
+    def on_train_begin(self, logs=None):
+        self.begin = state(self.model)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.epochs[epoch] = state(self.model)
+
+
+def assert_same(a, b):
+    for left, right in zip(a, b, strict=True):
+        assert len(left) == len(right)
+        for x, y in zip(left, right, strict=True):
+            np.testing.assert_array_equal(x, y)
 
 
 def batches(count, size=8, nan_from=None, seed=0):
@@ -83,34 +109,77 @@ def test_beta_schedule_raises_beta_each_epoch():
     assert seen == [2.0, 3.0, 4.0]
 
 
-def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
-    model = make_model()
-    guard, checkpoint = StopOnNonFiniteLoss(), ResumableCheckpoint(str(tmp_path))
+def test_nan_epoch_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    model, record = make_model(momentum=0.9), Record()
+    guard, checkpoint = StopOnNonFiniteLoss(), LastGoodCheckpoint(str(tmp_path))
     # Epoch 1 (steps 0-1) is finite; the NaN arrives at step 3, in epoch 2.
-    model.fit(
+    history = model.fit(
         batches(6, nan_from=3),
         epochs=3,
         steps_per_epoch=2,
-        callbacks=[guard, checkpoint],
+        callbacks=[record, guard, checkpoint],
         verbose=0,
     )
-    assert guard.failed_at == (1, 1)
-    assert ResumableCheckpoint.completed_epochs(str(tmp_path)) == 1
-    restored = tf.keras.models.load_model(checkpoint.model_path)
-    assert all(np.isfinite(w).all() for w in restored.get_weights())
+    assert guard.failed_epoch == 1 and guard.failed_at == (1, "unknown")
+    assert len(history.history["loss"]) == 2 and not np.isfinite(history.history["loss"][-1])
+    assert not all(np.isfinite(w).all() for w in record.epochs[1][0])  # epoch 2 broke them
+    assert LastGoodCheckpoint.completed_epochs(str(tmp_path)) == 1
+    restored, after = make_model(momentum=0.9), Record()
+    restored.fit(
+        batches(2), epochs=1, callbacks=[LastGoodCheckpoint(str(tmp_path)), after], verbose=0
+    )
+    assert_same(after.begin, record.epochs[0])  # epoch 1's weights and momenta, all finite
 
 
-def test_checkpoint_is_complete_and_resumable(tmp_path):
-    model = make_model()
-    checkpoint = ResumableCheckpoint(str(tmp_path))
-    model.fit(batches(4), epochs=2, steps_per_epoch=2, callbacks=[checkpoint], verbose=0)
-    assert sorted(os.listdir(tmp_path)) == ["last.keras", "state.json"]  # no temporaries left
-    with open(tmp_path / "state.json") as f:
-        state = json.load(f)
-    assert state["epoch"] == 2 and np.isfinite(state["logs"]["loss"])
-    restored = tf.keras.models.load_model(checkpoint.model_path)
-    assert int(restored.optimizer.iterations.numpy()) == 4
-    assert ResumableCheckpoint.completed_epochs(str(tmp_path / "missing")) == 0
+def test_checkpoint_restores_weights_and_optimizer_state(tmp_path):
+    model, record = make_model(momentum=0.9), Record()
+    checkpoint = LastGoodCheckpoint(str(tmp_path))
+    model.fit(batches(4), epochs=2, steps_per_epoch=2, callbacks=[checkpoint, record], verbose=0)
+    # Only the last checkpoint, complete: no temporaries left.
+    assert sorted(os.listdir(tmp_path)) == ["latest.weights.h5", "training_metadata.json"]
+    assert json.loads((tmp_path / "training_metadata.json").read_text())["epoch"] == 2
+    saved_weights, saved_optimizer = record.epochs[1]
+    assert int(saved_optimizer[0]) == 4  # iterations
+    assert any(np.abs(m).sum() > 0 for m in saved_optimizer[2:])  # momenta, not zeros
+    # A new process: same model, fresh optimizer; fit restores and skips the done epochs.
+    resumed, after = make_model(momentum=0.9), Record()
+    history = resumed.fit(
+        batches(6),
+        epochs=3,
+        steps_per_epoch=2,
+        callbacks=[LastGoodCheckpoint(str(tmp_path)), after],
+        verbose=0,
+    )
+    assert_same(after.begin, record.epochs[1])
+    assert len(history.history["loss"]) == 1 and list(after.epochs) == [2]
+    assert LastGoodCheckpoint.completed_epochs(str(tmp_path)) == 3
+    assert LastGoodCheckpoint.completed_epochs(str(tmp_path / "missing")) == 0
+
+
+def test_a_worker_restores_the_chiefs_checkpoint_but_never_writes(tmp_path):
+    chief = make_model(momentum=0.9)
+    chief.fit(
+        batches(2), epochs=1, steps_per_epoch=2, callbacks=[LastGoodCheckpoint(str(tmp_path))]
+    )
+    files = {name: (tmp_path / name).read_bytes() for name in os.listdir(tmp_path)}
+    worker, record = make_model(momentum=0.9), Record()
+    history = worker.fit(
+        batches(4),
+        epochs=2,
+        steps_per_epoch=2,
+        callbacks=[LastGoodCheckpoint(str(tmp_path), write=False), record],
+        verbose=0,
+    )
+    assert len(history.history["loss"]) == 1  # resumed after the chief's epoch
+    assert int(record.begin[1][0]) == 2  # the chief's optimizer iterations
+    assert {name: (tmp_path / name).read_bytes() for name in os.listdir(tmp_path)} == files
+
+
+def test_the_guard_does_no_work_per_step():
+    # It reads the epoch's mean loss only: no batch hook, no wait for a step's result.
+    hooks = ("on_batch_end", "on_train_batch_begin", "on_train_batch_end")
+    for hook in hooks:
+        assert getattr(StopOnNonFiniteLoss, hook) is getattr(tf.keras.callbacks.Callback, hook)
 
 
 def test_wta_refresh_rebuilds_codes_and_thresholds_from_backbone_features():

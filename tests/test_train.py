@@ -63,7 +63,7 @@ def test_short_run_writes_the_run_directory(subset, tmp_path):
         assert 0.0 < result_bits["map_asymmetric"] <= 1.0
         assert set(metrics["baselines"]["itq"]) == {"8", "16"}
         assert os.path.exists(run_dir / f"bits_{bits}" / "encoder.keras")
-        assert os.path.exists(run_dir / f"bits_{bits}" / "checkpoint" / "last.keras")
+        assert os.path.exists(run_dir / f"bits_{bits}" / "checkpoint" / "latest.weights.h5")
         assert os.listdir(run_dir / f"bits_{bits}" / "logs")
         for plot in ("pr_curve", "precision_at_n", "retrieval_grid"):
             assert os.path.getsize(run_dir / "plots" / f"{plot}_{bits}.png") > 1000
@@ -87,7 +87,7 @@ def test_resume_after_kill_continues_from_the_last_epoch(subset, tmp_path):
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    state = run_dir / "bits_8" / "checkpoint" / "state.json"
+    state = run_dir / "bits_8" / "checkpoint" / "training_metadata.json"
     deadline = time.time() + 240
     while not state.exists() and time.time() < deadline and process.poll() is None:
         time.sleep(0.2)
