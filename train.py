@@ -13,7 +13,6 @@ import dataclasses
 import logging
 import os
 import sys
-import tempfile
 import time
 
 import yaml
@@ -268,16 +267,19 @@ def main(argv: list[str] | None = None) -> int:
     from harr_tf.run import TrainingDiverged, run
 
     try:
+        # Read before the strategy is made: a chief can only pass `make_strategy` once
+        # every worker has, so no worker reads config.yaml while the chief rewrites it.
+        config = resolve_config(args)
         # Multi-worker must be set up before any other TensorFlow op runs.
         strategy = distribute.make_strategy(args.distribute)
-        config = resolve_config(args)
         precision.set_precision(args.mixed_precision, config.model.backbone)
     except ValueError as error:
         raise SystemExit(f"Invalid configuration: {error}") from None
+    if args.distribute == "multi-worker" and not args.run_dir:
+        raise SystemExit("--distribute multi-worker needs --run-dir, on storage every worker sees.")
     run_dir = args.run_dir or os.path.join("runs", time.strftime("%Y%m%d-%H%M%S"))
     if not distribute.is_chief(strategy):
-        # Only the chief writes the run directory; a worker keeps its files apart.
-        run_dir = tempfile.mkdtemp(prefix="harr-worker-")
+        run_dir = distribute.worker_run_dir(run_dir, config.bits)
     if os.path.exists(os.path.join(run_dir, "config.yaml")) and not args.resume:
         raise SystemExit(
             f"{run_dir} already holds a run: pass --resume to continue it, or another --run-dir."
