@@ -104,6 +104,16 @@ def test_resume_after_kill_continues_from_the_last_epoch(subset, tmp_path):
         assert "8" in json.load(f)["results"]
 
 
+def test_a_diverging_run_stops_naming_the_epoch_and_writes_no_bad_checkpoint(subset, tmp_path):
+    run_dir = tmp_path / "run"
+    args = ["--dataset", subset, "--bits", "8", "--epochs", "2", "--steps-per-epoch", "3"]
+    result = train(*args, "--learning-rate", "1e30", "--run-dir", str(run_dir), *SMALL, check=False)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "The 8-bit model's loss became NaN/inf in epoch 1." in result.stderr
+    assert "no checkpoint" in result.stderr
+    assert not (run_dir / "bits_8" / "checkpoint" / "latest.weights.h5").exists()
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
