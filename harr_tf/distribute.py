@@ -3,7 +3,9 @@
 `HarrModel` computes its losses on the global batch under any of them (the codes are
 all-gathered across replicas), so the method does not change with the device count;
 `synchronize_batch_norm` makes the batch-norm statistics global too. Build and compile
-the model inside `strategy.scope()` and give `fit` the global batch.
+the model inside `strategy.scope()` and give `fit` the global batch. Under multi-worker
+only the chief writes the run directory; the others restore its checkpoints
+(`worker_run_dir`), and `work_around_keras_multi_worker` lets Keras 3's `fit` run at all.
 """
 
 from __future__ import annotations
