@@ -146,13 +146,22 @@ def test_multi_label_totals_and_labelled_queries():
     np.testing.assert_array_equal(split.train, again.train)
 
 
-def test_multi_label_over_asking_totals():
+def test_multi_label_too_few_items_shrinks_like_a_small_class():
+    """Fewer labelled items than queries + validation (standard: 1,000 + 500) give a
+    tenth of them to each, as a small single-label class does; training takes what is
+    left, up to the 5,000 asked for, instead of an error no command-line flag fixes."""
     labels = np.ones((600, 3), np.uint8)
-    with pytest.raises(ValueError, match="has 600 items.*multi_label_query"):
-        make_split(labels, len(labels))
+    labels[:100] = 0  # 500 labelled items
+    split = make_split(labels, len(labels), seed=1)
+    check_structure(split, len(labels))
+    assert (len(split.query), len(split.validation), len(split.train)) == (50, 50, 500)
+    assert labels[split.query].any(axis=1).all()
+    assert labels[split.validation].any(axis=1).all()
     protocol = Protocol("p", multi_label_query=100, multi_label_validation=10)
-    with pytest.raises(ValueError, match="has 490 items.*multi_label_train = 5000"):
-        make_split(labels, len(labels), protocol)
+    split = make_split(np.ones((600, 3), np.uint8), 600, protocol)
+    assert (len(split.query), len(split.validation), len(split.train)) == (100, 10, 490)
+    tiny = make_split(np.ones((9, 2), np.uint8), 9)
+    assert tiny.query.size == 0 and tiny.validation.size == 0 and len(tiny.train) == 9
 
 
 @pytest.mark.parametrize("num_items, train", [(300, 300), (6000, 5000)])

@@ -27,9 +27,13 @@ class Protocol:
             Defaults to 50.
         top_k: K of mAP@K for single-label data; None = the whole database.
             Defaults to 1000.
-        multi_label_query: multi-label queries in total. Defaults to 1000.
-        multi_label_train: multi-label training items in total. Defaults to 5000.
-        multi_label_validation: multi-label tuning queries in total. Defaults to 500.
+        multi_label_query: multi-label queries in total (at most a tenth of the
+            labelled items when they are fewer than queries and validation together).
+            Defaults to 1000.
+        multi_label_train: multi-label training items in total, at most the database
+            minus validation. Defaults to 5000.
+        multi_label_validation: multi-label tuning queries in total (at most a tenth
+            of the labelled items, as for queries). Defaults to 500.
         multi_label_top_k: K of mAP@K for multi-label data. Defaults to 5000.
         unlabeled_train: training items, a seeded random sample, when the dataset
             has no labels (then there is no query or validation set and the
@@ -165,13 +169,15 @@ def make_split(
     only), and the rest, up to `train_per_class`, for training.
     Multi-label `(N, C)` labels: `multi_label_*` totals at random; queries and
     validation come from items with at least one label, since a query with no label
-    has no relevant item and an AP of 0 by construction.
+    has no relevant item and an AP of 0 by construction. As for a small class, fewer
+    labelled items than `multi_label_query + multi_label_validation` give at most a
+    tenth of them as queries and a tenth as validation; training takes up to
+    `multi_label_train` of the rest.
     No labels: no query or validation, the database is everything, and
     min(`unlabeled_train`, N) items are sampled for training.
 
     Raises:
-        ValueError: multi-label data with fewer labelled items than the protocol's
-            totals, or `labels` that do not have `num_items` rows.
+        ValueError: `labels` that do not have `num_items` rows.
     """
     protocol = get_protocol(protocol)
     rng = np.random.default_rng(seed)
@@ -233,29 +239,11 @@ def _single_label(
 def _multi_label(
     labels: np.ndarray, protocol: Protocol, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    labelled = np.flatnonzero(labels.any(axis=1))
-    held = protocol.multi_label_query + protocol.multi_label_validation
-    chosen = _sample(
-        rng,
-        labelled,
-        held,
-        "the items with at least one label",
-        "multi_label_query + multi_label_validation",
-    )
-    query, validation = chosen[: protocol.multi_label_query], chosen[protocol.multi_label_query :]
-    pool = np.setdiff1d(np.arange(len(labels)), chosen)
-    train = _sample(
-        rng, pool, protocol.multi_label_train, "the database minus validation", "multi_label_train"
-    )
+    labelled = rng.permutation(np.flatnonzero(labels.any(axis=1))).astype(np.int64)
+    wanted = protocol.multi_label_query + protocol.multi_label_validation
+    queries = class_share(len(labelled), protocol.multi_label_query, wanted)
+    held = queries + class_share(len(labelled), protocol.multi_label_validation, wanted)
+    query, validation = labelled[:queries], labelled[queries:held]
+    pool = np.setdiff1d(np.arange(len(labels)), labelled[:held])
+    train = rng.permutation(pool)[: protocol.multi_label_train].astype(np.int64)
     return query, validation, train
-
-
-def _sample(
-    rng: np.random.Generator, pool: np.ndarray, size: int, where: str, asked: str
-) -> np.ndarray:
-    """`size` distinct items of `pool`, in random order, or a clear error."""
-    if size > len(pool):
-        raise ValueError(
-            f"{where} has {len(pool)} items, but the protocol asks for {asked} = {size}."
-        )
-    return rng.permutation(pool)[:size].astype(np.int64)
