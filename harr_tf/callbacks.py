@@ -89,11 +89,6 @@ class StopOnNonFiniteLoss(keras.callbacks.Callback):
         super().__init__()
         self.failed_epoch: int | None = None
 
-    @property
-    def failed_at(self) -> tuple[int, str] | None:
-        """`(epoch, "unknown")`, the form the tuner reports: the batch is not tracked."""
-        return None if self.failed_epoch is None else (self.failed_epoch, "unknown")
-
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         loss = (logs or {}).get("loss")
         if loss is not None and not np.isfinite(loss):

@@ -107,11 +107,9 @@ class HarrHyperModel(keras_tuner.HyperModel):
             ],
             verbose=verbose,
         )
-        if guard.failed_at is not None:
-            epoch, batch = guard.failed_at
+        if guard.failed_epoch is not None:
             raise keras_tuner.errors.FailedTrialError(
-                f"The loss became NaN/inf at epoch {epoch + 1}, batch {batch}: "
-                f"{_describe(hp.values)}"
+                f"The loss became NaN/inf in epoch {guard.failed_epoch + 1}: {_describe(hp.values)}"
             )
         return {"val_map": validation.last_map, "loss": history.history["loss"][-1]}
 
