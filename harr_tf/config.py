@@ -96,6 +96,9 @@ class TrainConfig:
     weight_decay: float = 1e-5
     eval_every: int = 10
     encode_batch_size: int | None = None  # None: harr_tf.data.image_size's default
+    # Training steps per call into the compiled loop: Keras reads the logs on the host
+    # after each call, so on a GPU more steps per call mean fewer waits.
+    steps_per_execution: int = 1
     validation_database_size: int = 10_000
     seed: int = 0
     wta: WTAConfig = WTAConfig()
@@ -113,7 +116,14 @@ class TrainConfig:
                 f"`train_size` must be an integer or 'all'. "
                 f"Received: train_size={self.train_size!r}"
             )
-        for name in ("epochs", "eval_every", "steps", "image_size", "encode_batch_size"):
+        for name in (
+            "epochs",
+            "eval_every",
+            "steps",
+            "image_size",
+            "encode_batch_size",
+            "steps_per_execution",
+        ):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"`{name}` must be >= 1. Received: {name}={getattr(self, name)}")
         if self.epochs is not None and self.steps is not None:

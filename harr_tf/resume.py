@@ -17,7 +17,14 @@ from harr_tf.data.splits import ProtocolSplit
 
 # Settings a resumed run may change: how long it trains, how often it evaluates, and
 # where the same data files are found.
-RESUMABLE_SETTINGS = ("epochs", "steps", "eval_every", "data_dir", "encode_batch_size")
+RESUMABLE_SETTINGS = (
+    "epochs",
+    "steps",
+    "eval_every",
+    "data_dir",
+    "encode_batch_size",
+    "steps_per_execution",
+)
 
 
 def changed_settings(saved, config) -> dict[str, tuple]:

@@ -174,13 +174,24 @@ def validation_callback(data: RunData, config: TrainConfig) -> RetrievalEvaluati
 def training_length(config: TrainConfig, train_items: int) -> tuple[int, int]:
     """`(epochs, steps_per_epoch)`: `--epochs` as given, else `--steps` (default
     `DEFAULT_STEPS`) rounded up to whole epochs; an epoch is one pass over the
-    training images unless `--steps-per-epoch` says otherwise."""
-    per_epoch = config.steps_per_epoch or max(1, train_items // config.batch_size)
-    if config.epochs is not None:
-        return config.epochs, per_epoch
-    steps = config.steps or DEFAULT_STEPS
-    per_epoch = min(per_epoch, steps)
-    return math.ceil(steps / per_epoch), per_epoch
+    training images (rounded down to whole calls of `--steps-per-execution`) unless
+    `--steps-per-epoch` says otherwise. Keras runs an epoch in whole calls, so the
+    steps of an epoch must be a multiple of the steps per call."""
+    multiple = config.steps_per_execution
+    passes = max(1, train_items // config.batch_size // multiple) * multiple
+    per_epoch = config.steps_per_epoch or passes
+    epochs = config.epochs
+    if epochs is None:
+        steps = config.steps or DEFAULT_STEPS
+        per_epoch = min(per_epoch, steps)
+        epochs = math.ceil(steps / per_epoch)
+    if per_epoch % multiple:
+        raise ValueError(
+            f"The steps of an epoch ({per_epoch}) must be a multiple of "
+            f"steps_per_execution ({multiple}): Keras runs whole calls of that many steps. "
+            "Change --steps-per-epoch, --steps or --steps-per-execution."
+        )
+    return epochs, per_epoch
 
 
 def new_model(config: TrainConfig, bits: int, image_shape, wta: WTAStructure) -> HarrModel:
@@ -207,7 +218,7 @@ def new_model(config: TrainConfig, bits: int, image_shape, wta: WTAStructure) ->
     optimizer = keras.optimizers.SGD(
         schedule, momentum=config.momentum, weight_decay=config.weight_decay
     )
-    model.compile(optimizer=optimizer)
+    model.compile(optimizer=optimizer, steps_per_execution=config.steps_per_execution)
     return model
 
 

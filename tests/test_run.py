@@ -130,5 +130,42 @@ def test_training_length_in_steps_or_epochs():
     assert training_length(TrainConfig(epochs=2), 1000) == (2, 7)
     assert training_length(TrainConfig(steps=10, steps_per_epoch=4), 5000) == (3, 4)
     assert training_length(TrainConfig(steps=5), 5000) == (1, 5)
+    assert training_length(TrainConfig(steps_per_execution=8), 5000) == (37, 32)
+    with pytest.raises(ValueError, match=r"\(5\) must be a multiple of steps_per_execution \(4\)"):
+        training_length(TrainConfig(steps_per_epoch=5, steps_per_execution=4), 5000)
     with pytest.raises(ValueError, match="give one"):
         TrainConfig(epochs=2, steps=10)
+
+
+def test_several_steps_per_execution_train_like_one(tmp_path):
+    """`--steps-per-execution 4` runs the same steps as one step per call: the same
+    weights at the end. An epoch that is not whole calls is refused (Keras would run
+    other steps than asked)."""
+    from harr_tf.run import train_code_length
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (300, 16, 16, 1), dtype=np.uint8)
+    np.savez(tmp_path / "data.npz", images=images, labels=np.arange(300) % 10)
+    weights = []
+    for steps_per_execution in (1, 4):
+        config = TrainConfig(
+            dataset=f"npz:{tmp_path / 'data.npz'}",
+            bits=(8,),
+            epochs=1,
+            steps_per_epoch=4,
+            batch_size=16,
+            model=ModelConfig(width=4),
+            steps_per_execution=steps_per_execution,
+        )
+        data = load_run_data(config)
+        wta = build_wta_structure(data.dataset, data.split.train, config)
+        keras.utils.set_random_seed(0)
+        directory = tmp_path / f"run_{steps_per_execution}"
+        encoder, _ = train_code_length(config, 8, data, wta, str(directory), verbose=0)
+        weights.append(encoder.get_weights())
+    keras.utils.set_random_seed(0)
+    start = build_backbone("small_cnn", (16, 16, 1), "none", 4, "grid").get_weights()
+    trained = weights[0][: len(start)]
+    assert max(np.abs(a - b).max() for a, b in zip(trained, start, strict=True)) > 1e-3
+    for one, four in zip(*weights, strict=True):
+        np.testing.assert_allclose(four, one, rtol=1e-4, atol=1e-5)
