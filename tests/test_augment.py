@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from harr_tf.data import draws
 from harr_tf.data.augment import (
+    JITTER_DRAWS,
     VIEWS,
     AugmentConfig,
     ViewAugmenter,
@@ -16,7 +18,7 @@ from harr_tf.data.augment import (
     scaled_crop_scale,
 )
 from harr_tf.data.pipeline import inference_dataset, training_dataset
-from harr_tf.data.randaugment import OPERATIONS, sample_operations
+from harr_tf.data.randaugment import OPERATIONS, draw_count, sample_operations
 
 # Crops covering the whole image, no flip, no blur: view W is then the image itself.
 NEUTRAL = AugmentConfig(
@@ -82,6 +84,30 @@ def test_view_w_alone_is_the_same_view_w_with_nothing_else():
         assert set(single) == {"w", "index"}
         np.testing.assert_array_equal(single["index"], full["index"])
         np.testing.assert_array_equal(single["w"], full["w"])
+
+
+def test_an_images_views_do_not_depend_on_its_batch():
+    pixels = images((12, 12, 3), count=16)
+    augmenter = ViewAugmenter(pixels.shape[1:], seed=2)
+    positions = tf.range(100, 116, dtype=tf.int64)
+    whole = augmenter.make_views(pixels, positions)
+    part = augmenter.make_views(pixels[5:9], positions[5:9])
+    for name in VIEWS:
+        np.testing.assert_allclose(part[name], whole[name][5:9], atol=1e-4)
+        assert not np.allclose(whole[name][5], whole[name][6])
+
+
+def test_draws_depend_on_the_position_and_stream_alone():
+    first = draws.uniform(3, 1, tf.constant([7, 8, 9]), 5).numpy()
+    assert first.shape == (3, 5) and first.min() >= 0.0 and first.max() < 1.0
+    np.testing.assert_array_equal(draws.uniform(3, 1, tf.constant([9]), 5), first[2:])
+    np.testing.assert_array_equal(draws.uniform(3, 1, tf.constant([7, 8, 9]), 2), first[:, :2])
+    assert not np.allclose(draws.uniform(3, 2, tf.constant([7, 8, 9]), 5), first)
+    assert not np.allclose(draws.uniform(4, 1, tf.constant([7, 8, 9]), 5), first)
+    many = draws.uniform(0, 0, tf.range(20_000), 2).numpy()
+    assert abs(many.mean() - 0.5) < 0.005 and abs(np.corrcoef(many.T)[0, 1]) < 0.02
+    counts = np.histogram(many, bins=10, range=(0, 1))[0]
+    assert counts.min() > 3_800 and counts.max() < 4_200
 
 
 def test_unknown_views_are_rejected():
@@ -157,15 +183,11 @@ COLOUR_IMAGE = np.repeat(TWO_COLOURS, 8, axis=0).reshape(4, 4, 3)
 ONLY_JITTER = dataclasses.replace(NEUTRAL, color_jitter_probability=1.0, grayscale_probability=0.0)
 
 
-def per_image(image, config, count, reduce, view="a"):
-    """`reduce(view)` of `count` views of one image, each at its own stream position."""
+def per_image(image, config, count, view="a"):
+    """`count` views of one image, each at its own stream position, as NumPy."""
     augmenter = ViewAugmenter(image.shape, config, seed=0, views=(view,))
-    image = tf.constant(image)
-    dataset = tf.data.Dataset.range(count).map(
-        lambda position: reduce(augmenter.crop_views(image, position)[view]),
-        num_parallel_calls=tf.data.AUTOTUNE,
-    )
-    return next(iter(dataset.batch(count))).numpy()
+    batch = tf.repeat(tf.constant(image)[None], count, axis=0)
+    return augmenter.make_views(batch, tf.range(count, dtype=tf.int64))[view].numpy()
 
 
 def luma(pixels):
@@ -188,7 +210,7 @@ def test_jitter_multiplies_by_factors_filling_0_6_to_1_4(position, name):
     strengths = [0.0, 0.0, 0.0, 0.0]
     strengths[position] = 0.4
     config = dataclasses.replace(ONLY_JITTER, color_jitter=tuple(strengths))
-    out = per_image(COLOUR_IMAGE, config, 10_000, lambda v: tf.stack([v[0, 0], v[2, 0]]))
+    out = per_image(COLOUR_IMAGE, config, 10_000)[:, [0, 2], 0]
     factors = measured_factor(name, out)
     assert factors.min() >= 0.6 - 1e-3 and factors.max() <= 1.4 + 1e-3
     assert factors.min() < 0.61 and factors.max() > 1.39  # filled, not a narrow band
@@ -197,7 +219,7 @@ def test_jitter_multiplies_by_factors_filling_0_6_to_1_4(position, name):
 
 def test_hue_shifts_by_at_most_a_tenth_of_the_colour_wheel():
     config = dataclasses.replace(ONLY_JITTER, color_jitter=(0.0, 0.0, 0.0, 0.1))
-    out = per_image(COLOUR_IMAGE, config, 10_000, lambda v: v[0, 0])
+    out = per_image(COLOUR_IMAGE, config, 10_000)[:, 0, 0]
     hue_in = tf.image.rgb_to_hsv(TWO_COLOURS[:1] / 255.0).numpy()[0, 0]
     hue_out = tf.image.rgb_to_hsv(out / 255.0).numpy()[:, 0]
     shift = (hue_out - hue_in + 0.5) % 1.0 - 0.5
@@ -207,12 +229,12 @@ def test_hue_shifts_by_at_most_a_tenth_of_the_colour_wheel():
 
 def test_jitter_fires_with_p_0_8_in_a_random_order_per_image():
     config = dataclasses.replace(NEUTRAL, grayscale_probability=0.0)
-    out = per_image(COLOUR_IMAGE, config, 10_000, lambda v: v[0, 0])
+    out = per_image(COLOUR_IMAGE, config, 10_000)[:, 0, 0]
     changed = np.abs(out - TWO_COLOURS[0]).max(axis=1) > 1e-3
     assert abs(changed.mean() - 0.8) < 0.02
-    seeds = tf.random.experimental.stateless_split([0, 1], num=2_400)
-    orders = tf.vectorized_map(lambda s: sample_jitter(s, (0.4, 0.4, 0.4, 0.1))["order"], seeds)
-    orders = [tuple(order) for order in orders.numpy()]
+    uniforms = draws.uniform(0, 1, tf.range(2_400), JITTER_DRAWS)
+    orders = sample_jitter(uniforms, (0.4, 0.4, 0.4, 0.1))["order"].numpy()
+    orders = [tuple(order) for order in orders]
     counts = np.array([orders.count(p) for p in itertools.permutations(range(4))])
     assert counts.min() > 50 and counts.max() < 150  # all 24 orders, each about 100 times
 
@@ -222,11 +244,11 @@ def test_colour_ops_leave_grayscale_data_untouched():
     colour_only = dataclasses.replace(
         ONLY_JITTER, color_jitter=(0.0, 0.0, 0.4, 0.1), grayscale_probability=1.0
     )
-    out = per_image(gray, colour_only, 200, lambda v: v)
+    out = per_image(gray, colour_only, 200)
     np.testing.assert_array_equal(out, np.broadcast_to(gray, out.shape))
     # Brightness is not a colour: torchvision applies it to grayscale images too.
     brighter = dataclasses.replace(ONLY_JITTER, color_jitter=(0.4, 0.0, 0.0, 0.0))
-    assert not np.allclose(per_image(gray, brighter, 20, lambda v: v), gray)
+    assert not np.allclose(per_image(gray, brighter, 20), gray)
 
 
 def test_blur_fires_half_the_time_with_a_sigma_per_image():
@@ -238,14 +260,12 @@ def test_blur_fires_half_the_time_with_a_sigma_per_image():
     )
     offsets = np.arange(size, dtype=np.float32) - size // 2
 
-    def moments(view):
-        weights = view[..., 0] / tf.reduce_sum(view)
-        variance = tf.reduce_sum(tf.reduce_sum(weights, axis=0) * offsets**2)
-        return tf.stack([tf.cast(view[size // 2, size // 2, 0] < 255.0, tf.float32), variance])
-
-    fired, variance = per_image(delta, config, 1_000, moments).T
+    views = per_image(delta, config, 1_000)[..., 0]
+    fired = views[:, size // 2, size // 2] < 255.0
+    weights = views / views.sum(axis=(1, 2), keepdims=True)
+    variance = (weights.sum(axis=1) * offsets**2).sum(axis=1)
     assert abs(fired.mean() - 0.5) < 0.05
-    measured = np.sqrt(variance[fired > 0])
+    measured = np.sqrt(variance[fired])
 
     def sampled(sigma):  # the spread of a Gaussian kernel sampled at 11 integer offsets
         kernel = np.exp(-(np.arange(-5, 6) ** 2) / (2 * sigma**2))
@@ -257,9 +277,9 @@ def test_blur_fires_half_the_time_with_a_sigma_per_image():
 
 
 def test_randaugment_draws_two_ops_per_image_each_with_p_0_5():
-    seeds = tf.random.experimental.stateless_split([0, 2], num=5_000)
-    draws = tf.vectorized_map(lambda s: sample_operations(s, num_ops=2), seeds)
-    ops, applied = draws["ops"].numpy(), draws["applied"].numpy()
+    uniforms = draws.uniform(0, 2, tf.range(5_000), draw_count(2))
+    choices = sample_operations(uniforms, num_ops=2)
+    ops, applied = choices["ops"].numpy(), choices["applied"].numpy()
     counts = np.bincount(ops.ravel(), minlength=len(OPERATIONS)) / ops.size
     assert np.abs(counts - 1 / len(OPERATIONS)).max() < 0.015
     assert abs(applied.mean() - 0.5) < 0.02
@@ -271,7 +291,7 @@ def test_randaugment_leaves_an_image_unchanged_as_often_as_the_authors():
     # image: unchanged with probability (0.5 + 0.5 · 2/14)² = 0.327 (Keras: per batch).
     image = np.random.default_rng(0).integers(40, 200, (32, 32, 3)).astype(np.float32)
     config = dataclasses.replace(NEUTRAL, randaugment_cutout=False)
-    out = per_image(image, config, 2_000, lambda v: v, view="b")
+    out = per_image(image, config, 2_000, view="b")
     unchanged = np.abs(out - image).reshape(len(out), -1).max(axis=1) < 1e-3
     assert abs(unchanged.mean() - (0.5 + 0.5 * 2 / 14) ** 2) < 0.035
 
@@ -279,5 +299,5 @@ def test_randaugment_leaves_an_image_unchanged_as_often_as_the_authors():
 def test_view_b_ends_with_the_authors_gray_cutout_scaled_to_the_image():
     image = np.zeros((112, 112, 1), np.float32)  # 16 px at 224 px is 8 px here
     config = dataclasses.replace(NEUTRAL, randaugment_probability=0.0)
-    filled = per_image(image, config, 50, lambda v: tf.reduce_sum(tf.cast(v == 128, tf.int32)), "b")
+    filled = (per_image(image, config, 50, "b") == 128).reshape(50, -1).sum(axis=1)
     assert filled.max() == 64 and filled.min() > 0

@@ -9,12 +9,13 @@ drawn per image. View B is a random resized crop, flip and the authors' RandAugm
 (`harr_tf.data.randaugment`), drawn per image. View W is a plain random resized crop and
 flip.
 
-Every random choice is made per image by stateless ops seeded by the run seed and the
-element's position in the stream (`crop_views`), so a parallel `tf.data` map gives the
-same pixels on every run and a resumed stream continues exactly; `finish_batch` only
-hands the batched views on. Colour operations leave grayscale data as it is; crop
-areas, blur and RandAugment's pixel constants scale with the image size. Only the views
-the model reads are made (`views`): without L_bcr a step needs view W alone.
+The views are made per batch (`make_views`): each operation runs once on the whole
+batch with a parameter per image, and every random choice of an image is drawn from
+(run seed, the image's position in the stream) (`harr_tf.data.draws`), so an image's
+views do not depend on its batch, a resumed stream continues exactly, and a view's
+pixels do not depend on which other views are made (`views`: without L_bcr a step needs
+view W alone). Colour operations leave grayscale data as it is; crop areas, blur and
+RandAugment's pixel constants scale with the image size.
 """
 
 from __future__ import annotations
@@ -23,11 +24,13 @@ import dataclasses
 
 import tensorflow as tf
 
-from harr_tf.data import image_ops
-from harr_tf.data.randaugment import REFERENCE_SIZE, rand_augment
+from harr_tf.data import draws, geometry, image_ops
+from harr_tf.data.randaugment import REFERENCE_SIZE, draw_count, rand_augment
 
 VIEWS = ("a", "b", "w")
-SEEDS_PER_VIEW = 3  # crop, flip, the view's own operations
+CROP, FLIP, OWN = range(3)  # the random streams of a view: `stream(view, kind)`
+JITTER_DRAWS = 8
+COINS = 4  # view A: jitter, grayscale, blur, σ
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,63 +106,45 @@ def scaled_crop_scale(
     return low, max(low, high)
 
 
-def random_resized_crop(
-    image: tf.Tensor,
-    seed: tf.Tensor,
-    scale: tuple[float, float],
-    aspect_ratio: tuple[float, float],
-) -> tf.Tensor:
-    """Crops a random area fraction and aspect ratio, resized back to the input size.
-
-    `image` is (H, W, C) float32; `seed` a stateless seed of shape (2,).
-    """
-    shape = tf.shape(image)
-    begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
-        shape,
-        bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]),
-        seed=seed,
-        min_object_covered=0.0,
-        aspect_ratio_range=aspect_ratio,
-        area_range=scale,
-        max_attempts=10,
-        use_image_if_no_bounding_boxes=True,
-    )
-    crop = tf.slice(image, begin, size)
-    return tf.image.resize(crop, shape[:2], method="bilinear")
+def stream(view: str, kind: int) -> int:
+    """The random stream of one kind of choice (`CROP`, `FLIP`, `OWN`) of one view."""
+    return 8 * VIEWS.index(view) + kind
 
 
-def sample_jitter(seed: tf.Tensor, strengths: tuple[float, ...]) -> dict[str, tf.Tensor]:
-    """torchvision `ColorJitter.get_params` for one image: `factors` (3,) for brightness,
-    contrast and saturation, uniform in [max(0, 1 − s), 1 + s]; `hue` uniform in
-    [−h, h]; `order` (4,) a random permutation of the four operations."""
-    keys = tf.random.experimental.stateless_split(seed, num=2)
-    draws = tf.random.stateless_uniform((4,), keys[0])
+def sample_jitter(uniforms: tf.Tensor, strengths: tuple[float, ...]) -> dict[str, tf.Tensor]:
+    """torchvision `ColorJitter.get_params` per image from `uniforms` (B, JITTER_DRAWS):
+    `factors` (B, 3) for brightness, contrast and saturation, uniform in
+    [max(0, 1 − s), 1 + s]; `hue` (B,) uniform in [−h, h]; `order` (B, 4) a random
+    permutation of the four operations."""
     strengths = tf.constant(strengths, tf.float32)
     low = tf.maximum(1.0 - strengths[:3], 0.0)
-    factors = low + draws[:3] * (1.0 + strengths[:3] - low)
-    hue = (2.0 * draws[3] - 1.0) * strengths[3]
-    order = tf.argsort(tf.random.stateless_uniform((4,), keys[1]))
+    factors = low + uniforms[:, :3] * (1.0 + strengths[:3] - low)
+    hue = (2.0 * uniforms[:, 3] - 1.0) * strengths[3]
+    order = tf.argsort(uniforms[:, 4:8], axis=1)
     return {"factors": factors, "hue": hue, "order": order}
 
 
-def color_jitter(image: tf.Tensor, seed: tf.Tensor, strengths: tuple[float, ...]) -> tf.Tensor:
-    """torchvision's `ColorJitter` on one image (H, W, C) float32 in [0, 255]."""
-    params = sample_jitter(seed, strengths)
-    factors = params["factors"]
-    operations = (
-        (image_ops.brightness, factors[0]),
-        (image_ops.contrast, factors[1]),
-        (image_ops.saturation, factors[2]),
-        (image_ops.hue, params["hue"]),
-    )
+def color_jitter(
+    images: tf.Tensor, uniforms: tf.Tensor, strengths: tuple[float, ...], applied: tf.Tensor
+) -> tf.Tensor:
+    """torchvision's `ColorJitter` on the images of a batch (B, H, W, C) float32 in
+    [0, 255] where `applied` (B,) is true, each with its own factors and order: at each
+    of the 4 steps each image gets the operation its order names."""
+    params = sample_jitter(uniforms, strengths)
+    operations = [
+        lambda x, f, h: image_ops.brightness(x, f[:, 0]),
+        lambda x, f, h: image_ops.contrast(x, f[:, 1]),
+        lambda x, f, h: image_ops.saturation(x, f[:, 2]),
+        lambda x, f, h: image_ops.hue(x, h),
+    ]
+    # torchvision skips an operation of strength 0; index 4 leaves an image unchanged.
+    operations = [op if s else None for op, s in zip(operations, strengths, strict=True)]
     for step in range(4):
-        current = image
-        branches = [
-            (lambda op=op, arg=arg, x=current: op(x, arg)) if strength else (lambda x=current: x)
-            for (op, arg), strength in zip(operations, strengths, strict=True)
-        ]
-        image = tf.ensure_shape(tf.switch_case(params["order"][step], branches), current.shape)
-    return image
+        chosen = tf.where(applied, params["order"][:, step], 4)
+        images = image_ops.choose(
+            images, chosen, [*operations, None], params["factors"], params["hue"]
+        )
+    return images
 
 
 class ViewAugmenter:
@@ -196,65 +181,60 @@ class ViewAugmenter:
         self.blur_kernel = max(3, int(round(0.1 * size)) | 1)
         self.blur_sigma = tuple(s * size / REFERENCE_SIZE for s in cfg.blur_sigma)
 
-    def crop_views(self, image: tf.Tensor, position: tf.Tensor) -> dict[str, tf.Tensor]:
-        """Per image: every view, complete, as (H, W, C) float32 in [0, 255].
+    def make_views(self, images: tf.Tensor, positions: tf.Tensor) -> dict[str, tf.Tensor]:
+        """Every view of a batch, complete, as (B, H, W, C) float32 in [0, 255].
 
-        `image` is (H, W, C) uint8 or float; `position` the element's index in the
-        stream (int64), which with the run seed fixes every random choice.
+        `images` is (B, H, W, C) uint8 or float; `positions` (B,) the images' indices in
+        the stream (int64), which with the run seed fix every random choice.
         """
-        image = tf.cast(image, tf.float32)
-        seeds = tf.random.experimental.stateless_split(
-            tf.stack([tf.constant(self.seed, tf.int64), tf.cast(position, tf.int64)]),
-            num=SEEDS_PER_VIEW * len(VIEWS),
-        )
+        images = tf.cast(images, tf.float32)
         cfg = self.config
         scales = {"a": self.strong_scale, "b": self.strong_scale, "w": self.weak_scale}
         views = {}
         for name in self.views:
-            crop_seed, flip_seed, own_seed = tf.unstack(
-                seeds[SEEDS_PER_VIEW * VIEWS.index(name) :][:SEEDS_PER_VIEW]
+
+            def draw(kind: int, count: int, name=name) -> tf.Tensor:
+                return draws.uniform(self.seed, stream(name, kind), positions, count)
+
+            size = self.image_shape[:2]
+            boxes = geometry.sample_crop_boxes(
+                draw(CROP, geometry.CROP_DRAWS), size, scales[name], cfg.aspect_ratio
             )
-            view = random_resized_crop(image, crop_seed, scales[name], cfg.aspect_ratio)
+            view = geometry.resized_crop(images, boxes)
             if cfg.flip:
-                view = tf.image.stateless_random_flip_left_right(view, flip_seed)
-            view = tf.ensure_shape(view, self.image_shape)
+                view = geometry.flip(view, draw(FLIP, 1)[:, 0] < 0.5)
             if name == "a":
-                view = self.simclr_colour_and_blur(view, own_seed)
+                view = self.simclr_colour_and_blur(view, draw(OWN, COINS + JITTER_DRAWS))
             elif name == "b":
                 view = rand_augment(
                     view,
-                    own_seed,
+                    draw(OWN, draw_count(cfg.randaugment_ops)),
                     cfg.randaugment_ops,
                     cfg.randaugment_magnitude,
                     cfg.randaugment_probability,
                     cfg.randaugment_cutout,
                 )
-            views[name] = tf.ensure_shape(tf.clip_by_value(view, 0.0, 255.0), self.image_shape)
+            views[name] = tf.clip_by_value(view, 0.0, 255.0)
         return views
 
-    def simclr_colour_and_blur(self, view: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
-        """View A after its crop: jitter (p 0.8), grayscale (p 0.2), blur (p 0.5)."""
+    def simclr_colour_and_blur(self, views: tf.Tensor, uniforms: tf.Tensor) -> tf.Tensor:
+        """View A after its crop: jitter (p 0.8), grayscale (p 0.2), blur (p 0.5), each
+        image with its own coins (`uniforms` (B, COINS + JITTER_DRAWS))."""
         cfg = self.config
-        keys = tf.random.experimental.stateless_split(seed, num=3)
-        coins = tf.random.stateless_uniform((4,), keys[0])
         strengths = cfg.color_jitter if self.is_color else (*cfg.color_jitter[:2], 0.0, 0.0)
-        if any(strengths):
-            view = tf.cond(
-                coins[0] < cfg.color_jitter_probability,
-                lambda: color_jitter(view, keys[1], strengths),
-                lambda: view,
-            )
-        if self.is_color:
-            view = tf.where(coins[1] < cfg.grayscale_probability, image_ops.grayscale(view), view)
+        if any(strengths) and cfg.color_jitter_probability:
+            applied = uniforms[:, 0] < cfg.color_jitter_probability
+            views = color_jitter(views, uniforms[:, COINS:], strengths, applied)
+        if self.is_color and cfg.grayscale_probability:
+            gray = uniforms[:, 1] < cfg.grayscale_probability
+            views = tf.where(gray[:, None, None, None], image_ops.grayscale(views), views)
+        if not cfg.blur_probability:
+            return views
         low, high = self.blur_sigma
-        sigma = low + coins[3] * (high - low)
-        return tf.cond(
-            coins[2] < cfg.blur_probability,
-            lambda: image_ops.gaussian_blur(view, sigma, self.blur_kernel),
-            lambda: view,
-        )
+        sigma = low + uniforms[:, 3] * (high - low)
 
-    def finish_batch(self, batch: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
-        """Per batch: the views (`a`, `b`, `w` by default), (batch, H, W, C) float32 in
-        [0, 255]. All the work is done per image in `crop_views`."""
-        return {name: batch[name] for name in self.views}
+        def blur(images: tf.Tensor, sigma: tf.Tensor) -> tf.Tensor:
+            return image_ops.gaussian_blur(images, sigma, self.blur_kernel)
+
+        fired = tf.cast(uniforms[:, 2] < cfg.blur_probability, tf.int32)
+        return image_ops.choose(views, fired, [None, blur], sigma)

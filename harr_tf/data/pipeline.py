@@ -35,7 +35,7 @@ def training_dataset(
     (TFDS, TFRecord) its raw records through a buffer of `SEQUENTIAL_SHUFFLE` items.
     `start_step` skips the batches already trained on, without decoding them: a resumed
     run sees the same images in the same order with the same views (every random choice
-    of the augmenter is seeded by the element's position in the stream).
+    of the augmenter is drawn from the image's position in the stream).
     """
     if isinstance(images, np.ndarray):
         images = ImageDataset.from_arrays(images)
@@ -55,20 +55,20 @@ def training_dataset(
     dataset = dataset.shuffle(buffer, seed=seed, reshuffle_each_iteration=True).repeat()
     dataset = dataset.enumerate().skip(start_step * batch_size)
 
-    def crop(step, element):
+    def decode(position, element):
         index, raw = element
-        views = augmenter.crop_views(images.decode(raw), step)
-        views["index"] = index
-        return views
+        image = tf.ensure_shape(images.decode(raw), augmenter.image_shape)
+        return {"image": image, "position": position, "index": index}
 
-    def finish(batch):
-        views = augmenter.finish_batch(batch)
+    def augment(batch):
+        views = augmenter.make_views(batch["image"], batch["position"])
         views["index"] = batch["index"]
         return views
 
-    dataset = dataset.map(crop, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    # Per image only the decoding; the views are made per batch, parameters per image.
+    dataset = dataset.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     dataset = dataset.batch(batch_size, drop_remainder=True)
-    dataset = dataset.map(finish, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    dataset = dataset.map(augment, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return dataset.prefetch(tf.data.AUTOTUNE)
 
 
