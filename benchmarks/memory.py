@@ -1,12 +1,15 @@
-"""Memory does not grow with the collection: peak RSS of `train.py` (one short epoch and
-the full evaluation) on generated JPEG folders of several sizes, and images/s of the
-input pipeline against the training step at the default image size.
+"""Peak RSS of `train.py` (one short epoch and the full evaluation) on generated JPEG
+folders, per collection size and per backbone, and images/s of the input pipeline
+against the training step at the default image size.
 
     .venv/bin/python benchmarks/memory.py --sizes 2000,20000
+    .venv/bin/python benchmarks/memory.py --sizes 2000 --backbones small_cnn,resnet50
 
 The folders (10 classes, 256 x 256 JPEGs) are generated once under --root. Every run
-trains on the same number of images (--train-size), so the runs differ by the
-collection alone: what is encoded, hashed by the baselines and ranked.
+trains on the same number of images (--train-size), so the runs of one backbone differ
+by the collection alone: what is encoded, hashed by the baselines and ranked. A run
+whose RSS passes --max-rss-gb is stopped and reported as over that limit, so that a
+backbone too large for the machine at the asked batch does not wake the OOM killer.
 """
 
 from __future__ import annotations
@@ -48,24 +51,66 @@ def make_folder(root: Path, count: int, side: int) -> Path:
     return folder
 
 
-def peak_rss(folder: Path, args: argparse.Namespace) -> tuple[float, float]:
-    """Peak RSS (GB) and seconds of one `train.py` run on `folder`."""
+def current_rss(pid: int) -> float:
+    """Resident set size (GB) of process `pid` now; 0 once it is gone."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0.0
+    for line in status.splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 2**20  # kB
+    return 0.0
+
+
+def peak_rss(folder: Path, backbone: str, args: argparse.Namespace) -> tuple[float, float, str]:
+    """Peak RSS (GB) and seconds of one `train.py` run of `backbone` on `folder`, and
+    how it ended: "" when it finished, "over" when stopped for passing `--max-rss-gb`,
+    "out of memory" when an allocation failed, else "failed" (its log on stderr)."""
     run_dir = tempfile.mkdtemp(prefix="harr_memory_run_")
     command = [
         sys.executable,
         str(ROOT / "train.py"),
         *("--dataset", f"folder:{folder}", "--bits", "16", "--epochs", "1"),
         *("--steps-per-epoch", str(args.steps), "--train-size", str(args.train_size)),
+        *("--backbone", backbone, "--weights", "none", "--batch-size", str(args.batch_size)),
+        *(("--image-size", str(args.image_size)) if args.image_size else ()),
         *("--run-dir", run_dir, "--quiet"),
     ]
-    start = time.perf_counter()
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(process.pid, 0)
-    seconds = time.perf_counter() - start
-    errors = process.stderr.read().decode(errors="replace")
+    with tempfile.TemporaryFile() as log:
+        start = time.perf_counter()
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log)
+        stopped = False
+        while True:
+            pid, status, usage = os.wait4(process.pid, os.WNOHANG)
+            if pid:
+                break
+            if not stopped and current_rss(process.pid) > args.max_rss_gb:
+                process.kill()
+                stopped = True
+            time.sleep(0.2)
+        seconds = time.perf_counter() - start
+        log.seek(0)
+        errors = log.read().decode(errors="replace")
+    rss = usage.ru_maxrss / 2**20  # ru_maxrss is in KiB on Linux
+    if stopped:
+        return rss, seconds, "over"
     if status != 0:
-        raise SystemExit(f"train.py failed on {folder}:\n{errors[-3000:]}")
-    return usage.ru_maxrss / 2**20, seconds  # ru_maxrss is in KiB on Linux
+        print(
+            f"train.py --backbone {backbone} failed on {folder}:\n{errors[-3000:]}", file=sys.stderr
+        )
+        memory = any(sign in errors for sign in ("bad_alloc", "MemoryError", "OOM"))
+        return rss, seconds, "out of memory" if memory else "failed"
+    return rss, seconds, ""
+
+
+def image_size(folder: Path, backbone: str, requested: int | None) -> int:
+    """The side `train.py` reads `folder` at for `backbone` (its default when None)."""
+    from harr_tf.data.image_size import resolve_image_size
+
+    with Image.open(next(folder.glob("c0/*.jpg"))) as image:
+        native = image.size[::-1]
+    return resolve_image_size(requested, native, backbone) or max(native)
 
 
 def pipeline_speed(folder: Path, batches: int) -> tuple[float, float]:
@@ -102,15 +147,45 @@ def main() -> None:
     parser.add_argument("--root", default="/tmp/harr_memory", help="where folders are written")
     parser.add_argument("--steps", type=int, default=5, help="steps of the one training epoch")
     parser.add_argument("--train-size", type=int, default=1000, help="training images per run")
-    parser.add_argument("--batches", type=int, default=10, help="batches timed for images/s")
+    parser.add_argument(
+        "--backbones",
+        default="small_cnn",
+        help="comma-separated backbones, each run with --weights none",
+    )
+    parser.add_argument(
+        "--image-size", type=int, help="train.py --image-size (default: each backbone's)"
+    )
+    parser.add_argument("--batch-size", type=int, default=128, help="train.py --batch-size")
+    parser.add_argument(
+        "--max-rss-gb", type=float, default=16.0, help="stop a run whose RSS passes this"
+    )
+    parser.add_argument(
+        "--batches", type=int, default=10, help="batches timed for images/s (0: skip)"
+    )
     args = parser.parse_args()
     sizes = [int(size) for size in args.sizes.split(",")]
+    backbones = args.backbones.split(",")
     folders = [make_folder(Path(args.root), size, args.side) for size in sizes]
-    rows = [(size, *peak_rss(folder, args)) for size, folder in zip(sizes, folders, strict=True)]
     print(f"\ntrain.py, {args.steps} steps + full evaluation, {args.side}-px JPEG folders")
-    print(f"{'images':>8} {'peak RSS GB':>12} {'x smallest':>11} {'seconds':>8}")
-    for size, rss, seconds in rows:
-        print(f"{size:>8} {rss:>12.2f} {rss / rows[0][1]:>11.2f} {seconds:>8.0f}")
+    print(
+        f"{'backbone':<15} {'image':>6} {'batch':>6} {'images':>8} {'peak RSS GB':>13} "
+        f"{'x smallest':>11} {'seconds':>8}"
+    )
+    for backbone in backbones:
+        side = image_size(folders[0], backbone, args.image_size)
+        smallest = None
+        for size, folder in zip(sizes, folders, strict=True):
+            rss, seconds, ended = peak_rss(folder, backbone, args)
+            smallest = smallest or (None if ended else rss)
+            peak = {"": f"{rss:.2f}", "over": f"> {args.max_rss_gb:.1f}"}.get(ended, ended)
+            ratio = f"{rss / smallest:.2f}" if smallest and not ended else "-"
+            print(
+                f"{backbone:<15} {side:>6} {args.batch_size:>6} {size:>8} {peak:>13} "
+                f"{ratio:>11} {seconds:>8.0f}",
+                flush=True,
+            )
+    if not args.batches:
+        return
     pipeline, step = pipeline_speed(folders[0], args.batches)
     print(
         f"\ninput pipeline {pipeline:.0f} images/s, training step {step:.0f} images/s "
