@@ -59,7 +59,14 @@ FLAGS = [
         int,
         "batches per epoch (default: one pass over the training images)",
     ),
-    ("--batch-size", None, "batch_size", int, "images per batch"),
+    (
+        "--batch-size",
+        None,
+        "batch_size",
+        int,
+        "images per training batch (default: 128 up to 96x96 px, fewer above so a run "
+        "fits 24 GB: 32 at 224x224)",
+    ),
     (
         "--train-size",
         None,

@@ -119,10 +119,17 @@ def pipeline_speed(folder: Path, batches: int) -> tuple[float, float]:
     import tensorflow as tf
 
     from harr_tf.config import TrainConfig
-    from harr_tf.run import build_wta_structure, load_run_data, new_model, training_stream
+    from harr_tf.run import (
+        build_wta_structure,
+        load_run_data,
+        new_model,
+        training_stream,
+        with_batch_size,
+    )
 
     config = TrainConfig(dataset=f"folder:{folder}", bits=(16,), train_size=1000)
     data = load_run_data(config)
+    config = with_batch_size(config, data.dataset.image_shape)
     wta = build_wta_structure(data.dataset, data.split.train, config)
     model = new_model(config, 16, data.dataset.image_shape, wta)
     stream, _ = training_stream(config, data, wta, model.views)

@@ -86,7 +86,7 @@ class TrainConfig:
     epochs: int | None = None  # None: as many as `steps` needs
     steps: int | None = None  # None: harr_tf.run.DEFAULT_STEPS (1,170) unless epochs is set
     steps_per_epoch: int | None = None
-    batch_size: int = 128
+    batch_size: int | None = None  # None: harr_tf.data.image_size's default (128 up to 96 px)
     train_size: int | str | None = None  # None: the protocol's; "all": the whole database
     queries_per_class: int | None = None  # None: the protocol's
     validation_per_class: int | None = None  # None: the protocol's
@@ -138,7 +138,7 @@ class TrainConfig:
             raise ValueError(
                 f"`steps_per_epoch` must be >= 1. Received: steps_per_epoch={self.steps_per_epoch}"
             )
-        if self.batch_size < MIN_BATCH_SIZE:
+        if self.batch_size is not None and self.batch_size < MIN_BATCH_SIZE:
             raise ValueError(
                 f"`batch_size` must be >= {MIN_BATCH_SIZE}: the contrastive loss contrasts each "
                 f"image with the others of its batch, and with fewer it trains to chance level. "

@@ -34,7 +34,7 @@ from harr_tf.callbacks import (
 from harr_tf.config import TrainConfig, to_dict
 from harr_tf.data import ImageDataset, ProtocolSplit, get_protocol, load_dataset, make_split
 from harr_tf.data.augment import ViewAugmenter
-from harr_tf.data.image_size import resolve_image_size
+from harr_tf.data.image_size import resolve_image_size, training_batch_size
 from harr_tf.data.pipeline import training_dataset
 from harr_tf.distribute import is_chief, synchronize_batch_norm, work_around_keras_multi_worker
 from harr_tf.encoder import build_encoder, encode_images
@@ -77,6 +77,14 @@ class WTAStructure:
     table: np.ndarray
     codes: np.ndarray
     thresholds: WTAThresholds
+
+
+def with_batch_size(config: TrainConfig, image_shape) -> TrainConfig:
+    """`config` with its batch size resolved for `image_shape` (`training_batch_size`),
+    so the run directory stores the batch trained at."""
+    return dataclasses.replace(
+        config, batch_size=training_batch_size(image_shape, config.batch_size)
+    )
 
 
 def load_run_data(config: TrainConfig) -> RunData:
@@ -353,6 +361,7 @@ def run(
     `strategy` (`harr_tf.distribute`; default: none) and writes `metrics.json` and the
     plots; returns the metrics."""
     data = load_run_data(config)
+    config = with_batch_size(config, data.dataset.image_shape)
     if os.path.isfile(config.model.weights):
         check_pretrained_weights(config.model.weights, config.dataset, data.dataset.image_shape)
     os.makedirs(run_dir, exist_ok=True)

@@ -125,14 +125,17 @@ def test_feature_file_errors_name_the_problem(tmp_path, ids, features, message):
 
 def test_training_length_in_steps_or_epochs():
     # Fashion-MNIST's default: 5,000 training images in batches of 128, 30 epochs of 39.
-    assert training_length(TrainConfig(), 5000) == (30, 39)
-    assert training_length(TrainConfig(), 1000) == (168, 7)  # 1,170 updates, whole epochs
-    assert training_length(TrainConfig(epochs=2), 1000) == (2, 7)
-    assert training_length(TrainConfig(steps=10, steps_per_epoch=4), 5000) == (3, 4)
-    assert training_length(TrainConfig(steps=5), 5000) == (1, 5)
-    assert training_length(TrainConfig(steps_per_execution=8), 5000) == (37, 32)
+    assert training_length(TrainConfig(batch_size=128), 5000) == (30, 39)
+    assert training_length(TrainConfig(batch_size=128), 1000) == (
+        168,
+        7,
+    )  # 1,170 updates, whole epochs
+    assert training_length(TrainConfig(batch_size=128, epochs=2), 1000) == (2, 7)
+    assert training_length(TrainConfig(batch_size=128, steps=10, steps_per_epoch=4), 5000) == (3, 4)
+    assert training_length(TrainConfig(batch_size=128, steps=5), 5000) == (1, 5)
+    assert training_length(TrainConfig(batch_size=128, steps_per_execution=8), 5000) == (37, 32)
     with pytest.raises(ValueError, match=r"\(5\) must be a multiple of steps_per_execution \(4\)"):
-        training_length(TrainConfig(steps_per_epoch=5, steps_per_execution=4), 5000)
+        training_length(TrainConfig(batch_size=128, steps_per_epoch=5, steps_per_execution=4), 5000)
     with pytest.raises(ValueError, match="give one"):
         TrainConfig(epochs=2, steps=10)
 

@@ -21,6 +21,7 @@ from conftest import write_fashion_mnist_subset
 
 from harr_tf.config import ModelConfig, TrainConfig
 from harr_tf.features import wta_features
+from harr_tf.run import with_batch_size
 from harr_tf.wta import encode_wta, estimate_thresholds, make_permutation_table
 from tuning.hypermodel import HarrHyperModel
 from tuning.space import SETTINGS, config_value, parse_overrides
@@ -74,7 +75,8 @@ def trials_in(project_dir):
 
 
 def test_build_defaults_are_train_py_defaults(subset):
-    defaults = train.resolve_config(train.parse_args([]))
+    # train.py resolves the batch by image size: 128 for Fashion-MNIST's 28 x 28.
+    defaults = with_batch_size(train.resolve_config(train.parse_args([])), (28, 28, 1))
     hypermodel = HarrHyperModel(tiny_config(subset))
     hp = keras_tuner.HyperParameters()
     model = hypermodel.build(hp)

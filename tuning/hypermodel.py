@@ -17,6 +17,7 @@ from harr_tf.run import (
     training_length,
     training_stream,
     validation_callback,
+    with_batch_size,
 )
 from tuning.space import SETTINGS, SpaceDeclarer, parse_overrides, with_values
 
@@ -43,9 +44,9 @@ class HarrHyperModel(keras_tuner.HyperModel):
         super().__init__(name="harr")
         if len(config.bits) != 1:
             raise ValueError(f"Tuning trains one code length. Received: bits={config.bits}")
-        self.config = config
         self.overrides = parse_overrides(search_space)
         self.data = load_run_data(config)
+        self.config = with_batch_size(config, self.data.dataset.image_shape)
         if self.data.dataset.labels is None or len(self.data.split.validation) == 0:
             raise ValueError(
                 f"Tuning scores trials by val_map, which needs labels and a validation split; "

@@ -15,6 +15,10 @@ PRETRAINED_SIZE = 224
 # needs 3 x 3 cells after two 2 x 2 max-poolings.
 MIN_SIZE = {"small_cnn": 12, "vgg16": 32, "resnet50": 32, "efficientnetb0": 32}
 INFERENCE_PIXELS = 512 * 64 * 64  # 512 images of 64 x 64; 32 images of 224 x 224
+# A training step keeps three views' activations for the gradient: at 224 x 224 a batch
+# of 32 peaked at 9.6 GB (ResNet-50) and 128 passed 16 GB (docs/collections.md).
+TRAINING_PIXELS = 32 * 224 * 224
+TRAINING_BATCH = 128  # the batch of images up to 96 x 96 (Fashion-MNIST's 128)
 
 
 def inference_batch_size(image_shape: tuple[int, ...], requested: int | None = None) -> int:
@@ -29,6 +33,18 @@ def inference_batch_size(image_shape: tuple[int, ...], requested: int | None = N
     height, width = image_shape[0], image_shape[1]
     fits = max(1, INFERENCE_PIXELS // (height * width))
     return int(min(512, max(16, 2 ** (fits.bit_length() - 1))))
+
+
+def training_batch_size(image_shape: tuple[int, ...], requested: int | None = None) -> int:
+    """Images per training batch (`--batch-size`; None: `TRAINING_BATCH` up to 96 x 96,
+    then halved until a batch holds at most `TRAINING_PIXELS` pixels, at least 16), so a
+    default run fits 24 GB at any image size."""
+    if requested is not None:
+        return requested
+    batch = TRAINING_BATCH
+    while batch > 16 and batch * image_shape[0] * image_shape[1] > TRAINING_PIXELS:
+        batch //= 2
+    return batch
 
 
 def resolve_image_size(
