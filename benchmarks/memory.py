@@ -73,7 +73,8 @@ def peak_rss(folder: Path, backbone: str, args: argparse.Namespace) -> tuple[flo
         str(ROOT / "train.py"),
         *("--dataset", f"folder:{folder}", "--bits", "16", "--epochs", "1"),
         *("--steps-per-epoch", str(args.steps), "--train-size", str(args.train_size)),
-        *("--backbone", backbone, "--weights", "none", "--batch-size", str(args.batch_size)),
+        *("--backbone", backbone, "--weights", "none"),
+        *(("--batch-size", str(args.batch_size)) if args.batch_size else ()),
         *(("--image-size", str(args.image_size)) if args.image_size else ()),
         *("--run-dir", run_dir, "--quiet"),
     ]
@@ -162,7 +163,9 @@ def main() -> None:
     parser.add_argument(
         "--image-size", type=int, help="train.py --image-size (default: each backbone's)"
     )
-    parser.add_argument("--batch-size", type=int, default=128, help="train.py --batch-size")
+    parser.add_argument(
+        "--batch-size", type=int, help="train.py --batch-size (default: train.py's)"
+    )
     parser.add_argument(
         "--max-rss-gb", type=float, default=16.0, help="stop a run whose RSS passes this"
     )
@@ -187,7 +190,7 @@ def main() -> None:
             peak = {"": f"{rss:.2f}", "over": f"> {args.max_rss_gb:.1f}"}.get(ended, ended)
             ratio = f"{rss / smallest:.2f}" if smallest and not ended else "-"
             print(
-                f"{backbone:<15} {side:>6} {args.batch_size:>6} {size:>8} {peak:>13} "
+                f"{backbone:<15} {side:>6} {args.batch_size or 'dflt':>6} {size:>8} {peak:>13} "
                 f"{ratio:>11} {seconds:>8.0f}",
                 flush=True,
             )
