@@ -107,8 +107,9 @@ def load_run_data(config: TrainConfig) -> RunData:
         if dataset.labels is None:
             protocol = dataclasses.replace(protocol, unlabeled_train=None if everything else size)
         elif dataset.multi_label:
-            rest = dataset.num_items - protocol.multi_label_query - protocol.multi_label_validation
-            protocol = dataclasses.replace(protocol, multi_label_train=rest if everything else size)
+            # Training takes up to this many of the items the queries leave.
+            asked = dataset.num_items if everything else size
+            protocol = dataclasses.replace(protocol, multi_label_train=asked)
         else:
             classes = len(np.unique(dataset.labels))
             per_class = None if everything else max(1, size // classes)

@@ -54,6 +54,11 @@ def test_train_size_on_unlabeled_and_multi_label_data(tmp_path):
     assert len(load_run_data(TrainConfig(dataset=spec, train_size=200)).split.train) == 200
     data = load_run_data(TrainConfig(dataset=spec, train_size="all"))
     assert len(data.split.train) == 2000 - 1000 - 500 and data.top_k == 5000
+    # Fewer items than queries + validation: those shrink, "all" trains on the rest.
+    small = load_run_data(
+        TrainConfig(dataset=npz_spec(tmp_path, 900, multi_hot[:900]), train_size="all")
+    )
+    assert len(small.split.query) == 90 and len(small.split.train) == 900 - 90 - 90
 
 
 @pytest.mark.parametrize("source", PIXEL_SOURCES)
