@@ -279,7 +279,8 @@ def main(argv: list[str] | None = None) -> int:
     from harr_tf import distribute, precision
     from harr_tf.backbones import WeightsUnavailableError
     from harr_tf.report import results_table
-    from harr_tf.run import TrainingDiverged, run
+    from harr_tf.run import run
+    from harr_tf.training import TrainingDiverged
 
     try:
         # Read before the strategy is made: a chief can only pass `make_strategy` once

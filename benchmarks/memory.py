@@ -120,13 +120,8 @@ def pipeline_speed(folder: Path, batches: int) -> tuple[float, float]:
     import tensorflow as tf
 
     from harr_tf.config import TrainConfig
-    from harr_tf.run import (
-        build_wta_structure,
-        load_run_data,
-        new_model,
-        training_stream,
-        with_batch_size,
-    )
+    from harr_tf.run import build_wta_structure, load_run_data
+    from harr_tf.training import new_model, training_stream, with_batch_size
 
     config = TrainConfig(dataset=f"folder:{folder}", bits=(16,), train_size=1000)
     data = load_run_data(config)

@@ -23,7 +23,8 @@ import keras_tuner
 import yaml
 
 from harr_tf.config import TrainConfig, from_dict
-from harr_tf.run import DEFAULT_STEPS, run
+from harr_tf.run import run
+from harr_tf.training import DEFAULT_STEPS
 from tuning.hypermodel import HarrHyperModel
 
 

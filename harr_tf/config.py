@@ -84,7 +84,7 @@ class TrainConfig:
     protocol: str = "standard"
     bits: tuple[int, ...] = (16, 32, 64)
     epochs: int | None = None  # None: as many as `steps` needs
-    steps: int | None = None  # None: harr_tf.run.DEFAULT_STEPS (1,170) unless epochs is set
+    steps: int | None = None  # None: harr_tf.training.DEFAULT_STEPS (1,170) unless epochs is set
     steps_per_epoch: int | None = None
     batch_size: int | None = None  # None: harr_tf.data.image_size's default (128 up to 96 px)
     train_size: int | str | None = None  # None: the protocol's; "all": the whole database

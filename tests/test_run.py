@@ -9,7 +9,8 @@ from harr_tf.backbones import build_backbone
 from harr_tf.config import ModelConfig, TrainConfig, WTAConfig
 from harr_tf.data import ImageDataset
 from harr_tf.features import PIXEL_SOURCES, wta_features
-from harr_tf.run import build_wta_structure, load_run_data, training_length
+from harr_tf.run import build_wta_structure, load_run_data
+from harr_tf.training import training_length
 from harr_tf.wta import encode_wta
 
 
@@ -149,7 +150,7 @@ def test_several_steps_per_execution_train_like_one(tmp_path):
     """`--steps-per-execution 4` runs the same steps as one step per call: the same
     weights at the end. An epoch that is not whole calls is refused (Keras would run
     other steps than asked)."""
-    from harr_tf.run import train_code_length
+    from harr_tf.training import train_code_length
 
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (300, 16, 16, 1), dtype=np.uint8)

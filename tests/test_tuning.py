@@ -21,7 +21,7 @@ from conftest import write_fashion_mnist_subset
 
 from harr_tf.config import ModelConfig, TrainConfig
 from harr_tf.features import wta_features
-from harr_tf.run import with_batch_size
+from harr_tf.training import with_batch_size
 from harr_tf.wta import encode_wta, estimate_thresholds, make_permutation_table
 from tuning.hypermodel import HarrHyperModel
 from tuning.space import SETTINGS, config_value, parse_overrides
