@@ -40,15 +40,23 @@ def commands(text: str) -> list[list[str]]:
             if len(words) == 1 and (match := _ASSIGNMENT.match(words[0])):
                 variables[match.group(1)] = match.group(2)
                 continue
-            expanded = " ".join(words)
-            for name, value in variables.items():
-                expanded = expanded.replace(f"${{{name}}}", value).replace(f"${name}", value)
-            words = shlex.split(expanded)
+            words = [part for word in words for part in _expand(word, variables)]
             for part in _split(words):
                 program = _program(part)
                 if program is not None:
                     found.append(program)
     return found
+
+
+def _expand(word: str, variables: dict[str, str]) -> list[str]:
+    """A word with the block's variables expanded; a word that held one is split on
+    white space, as the shell splits an unquoted expansion. Other words stay whole, so a
+    quoted argument with spaces stays one argument."""
+    if "$" not in word:
+        return [word]
+    for name, value in variables.items():
+        word = word.replace(f"${{{name}}}", value).replace(f"${name}", value)
+    return shlex.split(word)
 
 
 def _split(words: list[str]) -> list[list[str]]:
