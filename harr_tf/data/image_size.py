@@ -21,6 +21,13 @@ TRAINING_PIXELS = 32 * 224 * 224
 TRAINING_BATCH = 128  # the batch of images up to 96 x 96 (Fashion-MNIST's 128)
 
 
+def _batch_within(image_shape: tuple[int, ...], pixels: int, largest: int) -> int:
+    """The largest power of two in [16, `largest`] whose batch of `image_shape` images
+    holds at most `pixels` pixels (16 when even that holds more)."""
+    fits = max(1, pixels // (image_shape[0] * image_shape[1]))
+    return int(min(largest, max(16, 2 ** (fits.bit_length() - 1))))
+
+
 def inference_batch_size(image_shape: tuple[int, ...], requested: int | None = None) -> int:
     """Images per batch when encoding or extracting features (`--encode-batch-size`;
     None: at most `INFERENCE_PIXELS` pixels per batch, a power of two in [16, 512]).
@@ -30,9 +37,7 @@ def inference_batch_size(image_shape: tuple[int, ...], requested: int | None = N
     """
     if requested is not None:
         return requested
-    height, width = image_shape[0], image_shape[1]
-    fits = max(1, INFERENCE_PIXELS // (height * width))
-    return int(min(512, max(16, 2 ** (fits.bit_length() - 1))))
+    return _batch_within(image_shape, INFERENCE_PIXELS, 512)
 
 
 def training_batch_size(image_shape: tuple[int, ...], requested: int | None = None) -> int:
@@ -41,10 +46,7 @@ def training_batch_size(image_shape: tuple[int, ...], requested: int | None = No
     default run fits 24 GB at any image size."""
     if requested is not None:
         return requested
-    batch = TRAINING_BATCH
-    while batch > 16 and batch * image_shape[0] * image_shape[1] > TRAINING_PIXELS:
-        batch //= 2
-    return batch
+    return _batch_within(image_shape, TRAINING_PIXELS, TRAINING_BATCH)
 
 
 def resolve_image_size(
