@@ -13,81 +13,13 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from harr_tf.retrieval_inputs import check_inputs, check_ns, check_top_k
+
 DEFAULT_NS = (1, 10, 100, 500, 1000, 2000, 5000)
 _CHUNK_BYTES = 64 * 2**20
 # Bytes per (query, item) pair over a chunk's working arrays: float32 dot products,
 # int32 distances, bool relevance, ranking keys and their partitioned copy, bin ids.
 _BYTES_PER_PAIR = 32
-
-
-def _check_codes(codes: np.ndarray, name: str) -> np.ndarray:
-    codes = np.asarray(codes)
-    if codes.ndim != 2:
-        raise ValueError(
-            f"`{name}` must be a 2-D array of shape (n, bits). Received: shape={codes.shape}"
-        )
-    if codes.shape[0] == 0 or codes.shape[1] == 0:
-        raise ValueError(
-            f"`{name}` must hold at least one code of at least one bit. "
-            f"Received: shape={codes.shape}"
-        )
-    if not np.all((codes == 1) | (codes == -1)):
-        bad = np.unique(codes[(codes != 1) & (codes != -1)])[:5].tolist()
-        raise ValueError(f"`{name}` must contain only -1 and +1. Received values: {bad}")
-    return codes.astype(np.float32)
-
-
-def _check_labels(labels: np.ndarray, num_codes: int, name: str) -> np.ndarray:
-    labels = np.asarray(labels)
-    if labels.ndim not in (1, 2):
-        raise ValueError(
-            f"`{name}` must be class ids of shape (n,) or multi-hot labels of shape (n, C). "
-            f"Received: shape={labels.shape}"
-        )
-    if len(labels) != num_codes:
-        raise ValueError(
-            f"`{name}` must have one row per code ({num_codes}). Received: shape={labels.shape}"
-        )
-    # Multi-hot rows share a label exactly when their dot product is positive.
-    return labels.astype(np.float32) if labels.ndim == 2 else labels
-
-
-def _check_inputs(query_codes, database_codes, query_labels=None, database_labels=None):
-    """The validated codes as float32 (and labels, multi-hot as float32), or a clear error."""
-    queries = _check_codes(query_codes, "query_codes")
-    database = _check_codes(database_codes, "database_codes")
-    if queries.shape[1] != database.shape[1]:
-        raise ValueError(
-            "`query_codes` and `database_codes` must have the same number of bits. "
-            f"Received: {queries.shape[1]} and {database.shape[1]}"
-        )
-    if query_labels is None:
-        return queries, database
-    query_labels = _check_labels(query_labels, len(queries), "query_labels")
-    database_labels = _check_labels(database_labels, len(database), "database_labels")
-    if query_labels.shape[1:] != database_labels.shape[1:]:
-        raise ValueError(
-            "`query_labels` and `database_labels` must be of the same kind: both (n,) class "
-            "ids or both (n, C) multi-hot with the same C. "
-            f"Received: shapes {query_labels.shape} and {database_labels.shape}"
-        )
-    return queries, database, query_labels, database_labels
-
-
-def _check_top_k(top_k: int | None, database_size: int) -> int:
-    """`None` means the whole database; a `top_k` beyond the database is clipped to it."""
-    if top_k is None:
-        return database_size
-    if top_k < 1:
-        raise ValueError(f"`top_k` must be a positive integer or None. Received: top_k={top_k}")
-    return min(top_k, database_size)
-
-
-def _check_ns(ns: Sequence[int], database_size: int) -> list[int]:
-    """Drops the cut-offs beyond the database: precision@n is undefined there."""
-    if any(n < 1 for n in ns):
-        raise ValueError(f"Every cut-off in `ns` must be a positive integer. Received: ns={ns}")
-    return sorted({int(n) for n in ns if n <= database_size})
 
 
 def _distances(queries: np.ndarray, database: np.ndarray) -> np.ndarray:
@@ -104,7 +36,7 @@ def hamming_distances(query_codes: np.ndarray, database_codes: np.ndarray) -> np
     d = (bits − q·x) / 2, a matrix product rather than bit counting, so it runs in BLAS.
     The whole matrix is returned: call it on chunks of queries for large databases.
     """
-    return _distances(*_check_inputs(query_codes, database_codes))
+    return _distances(*check_inputs(query_codes, database_codes))
 
 
 def relevance(query_labels: np.ndarray, database_labels: np.ndarray) -> np.ndarray:
@@ -199,8 +131,8 @@ def mean_average_precision(
             Defaults to 1000.
         chunk_size: queries per chunk. Defaults to a size that keeps a chunk near 64 MB.
     """
-    inputs = _check_inputs(query_codes, database_codes, query_labels, database_labels)
-    return _mean_metrics(inputs, _check_top_k(top_k, len(inputs[1])), [], False, chunk_size)["map"]
+    inputs = check_inputs(query_codes, database_codes, query_labels, database_labels)
+    return _mean_metrics(inputs, check_top_k(top_k, len(inputs[1])), [], False, chunk_size)["map"]
 
 
 def precision_at_n(
@@ -217,8 +149,8 @@ def precision_at_n(
     Cut-offs beyond the database size are dropped from the result, not clipped: a value
     under the key n must be the precision at n. Defaults to ns=DEFAULT_NS.
     """
-    inputs = _check_inputs(query_codes, database_codes, query_labels, database_labels)
-    cutoffs = _check_ns(ns, len(inputs[1]))
+    inputs = check_inputs(query_codes, database_codes, query_labels, database_labels)
+    cutoffs = check_ns(ns, len(inputs[1]))
     return _mean_metrics(inputs, 0, cutoffs, False, chunk_size)["precision_at_n"]
 
 
@@ -235,7 +167,7 @@ def precision_recall_by_radius(
     A query that retrieves nothing has precision 0 at that radius; one with no relevant
     item in the database has recall 0.
     """
-    inputs = _check_inputs(query_codes, database_codes, query_labels, database_labels)
+    inputs = check_inputs(query_codes, database_codes, query_labels, database_labels)
     metrics = _mean_metrics(inputs, 0, [], True, chunk_size)
     return metrics["precision"], metrics["recall"]
 
@@ -279,9 +211,9 @@ def evaluate(
     it serialises to JSON. `top_k` and `ns` mean what they mean in
     `mean_average_precision` and `precision_at_n`.
     """
-    inputs = _check_inputs(query_codes, database_codes, query_labels, database_labels)
-    top_k = _check_top_k(top_k, len(inputs[1]))
-    metrics = _mean_metrics(inputs, top_k, _check_ns(ns, len(inputs[1])), True, chunk_size)
+    inputs = check_inputs(query_codes, database_codes, query_labels, database_labels)
+    top_k = check_top_k(top_k, len(inputs[1]))
+    metrics = _mean_metrics(inputs, top_k, check_ns(ns, len(inputs[1])), True, chunk_size)
     precision = metrics["precision"]
     return {
         "map": metrics["map"],
@@ -338,11 +270,11 @@ def asymmetric_mean_average_precision(
             f"Received: shape={queries.shape}"
         )
     signs = np.where(queries >= 0, 1, -1).astype(np.int8)  # only for the shape and label checks
-    _, database, query_labels, database_labels = _check_inputs(
+    _, database, query_labels, database_labels = check_inputs(
         signs, database_codes, query_labels, database_labels
     )
     size = len(database)
-    top_k = _check_top_k(top_k, size)
+    top_k = check_top_k(top_k, size)
     if chunk_size is None:
         chunk_size = max(1, _CHUNK_BYTES // (_BYTES_PER_PAIR * size))
     elif chunk_size < 1:
