@@ -2,18 +2,8 @@
 
 Codes are packed in numpy `packbits` order (DESIGN §2.5); FAISS compares them by the
 popcount of their XOR, so the bit order inside a byte does not change any distance.
-Four kinds:
-
-- `flat` (`IndexBinaryFlat`): exact Hamming ranking, linear in the collection.
-- `ivf` (`IndexBinaryIVF`): binary k-means cells, `nprobe` of them scanned per query;
-  approximate.
-- `hnsw` (`IndexBinaryHNSW`): a graph of `neighbours` links per code, walked with a
-  beam of `ef_search`; approximate.
-- `multihash` (`IndexBinaryMultiHash`, multi-index hashing, Norouzi et al., CVPR 2012):
-  `nhash` hash tables over disjoint substrings, each probed with up to `nflip` bits
-  flipped. By the pigeonhole principle every code within `exact_radius` =
-  nhash·(nflip+1) − 1 of the query is found, so results up to that radius are exact;
-  farther neighbours may be missing (padded with position -1).
+Four kinds (`harr_tf.index_kinds`): `flat` is exact; `ivf`, `hnsw` and `multihash` are
+approximate (`multihash` is exact up to its `exact_radius`).
 
 The index is one FAISS file (`faiss.read_index_binary` opens it as is); the ids and the
 kind go to `<index>.ids.json` beside it, and loading checks the two agree. Positions are
@@ -23,7 +13,6 @@ always 0..n-1 in the order of `ids`: `add` appends, `remove` rebuilds from the k
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -32,34 +21,14 @@ import numpy as np
 from tqdm import tqdm
 
 from harr_tf.atomic import atomic_path
+from harr_tf.index_kinds import KIND_OPTIONS, check_kind, new_faiss_index, search_option_holder
 
-INDEX_KINDS = ("flat", "ivf", "hnsw", "multihash")
-# The build options of each kind; the search-time option (the last) is saved with the index.
-KIND_OPTIONS = {
-    "flat": (),
-    "ivf": ("nlist", "nprobe"),
-    "hnsw": ("neighbours", "ef_search"),
-    "multihash": ("nhash", "nflip"),
-}
 _ADD_CHUNK = 65536
-# k-means wants at least 39 points per cell; more than 256 per cell buys little accuracy.
-_MIN_POINTS_PER_CELL = 39
-_TRAIN_POINTS_PER_CELL = 256
 
 
 def ids_path(index_path: str | Path) -> Path:
     """Where the ids of the index at `index_path` are stored."""
     return Path(f"{index_path}.ids.json")
-
-
-def default_nlist(count: int) -> int:
-    """About √n cells, but never fewer than 39 training points per cell."""
-    return max(1, min(round(math.sqrt(count)), count // _MIN_POINTS_PER_CELL))
-
-
-def default_nhash(count: int, bits: int) -> int:
-    """Substrings of about log2(n) bits (at least 8), so a bucket holds about one code."""
-    return max(1, bits // max(8, round(math.log2(max(count, 2)))))
 
 
 class HammingIndex:
@@ -80,7 +49,7 @@ class HammingIndex:
     """
 
     def __init__(self, index: faiss.IndexBinary, ids: Sequence[str], kind: str) -> None:
-        _check_kind(kind)
+        check_kind(kind)
         if index.ntotal != len(ids):
             raise ValueError(f"The index holds {index.ntotal} codes but {len(ids)} ids were given.")
         if kind == "flat":
@@ -112,40 +81,14 @@ class HammingIndex:
                 and `ef_search` (64); multihash `nhash` (`default_nhash(n, bits)`) and
                 `nflip` (1).
         """
-        _check_kind(kind)
+        check_kind(kind)
         packed = _check_packed(packed, "packed")
         if len(packed) != len(ids):
             raise ValueError(f"{len(packed)} codes but {len(ids)} ids: expected one id per code.")
         if len(packed) == 0:
             raise ValueError("Cannot build an index of zero codes.")
         _check_ids(ids)
-        for name, value in options.items():
-            owner = [other for other, names in KIND_OPTIONS.items() if name in names]
-            if not owner:
-                raise TypeError(f"Unknown index option {name!r}; expected one of {KIND_OPTIONS}")
-            if name not in KIND_OPTIONS[kind] and value is not None:
-                raise ValueError(f"`{name}` applies to kind={owner[0]!r} only. Received: {kind=}")
-            if value is not None and value < (0 if name == "nflip" else 1):
-                raise ValueError(f"`{name}` must be a positive integer. Received: {value}")
-        bits, count = packed.shape[1] * 8, len(packed)
-        if kind == "flat":
-            index = faiss.IndexBinaryFlat(bits)
-        elif kind == "ivf":
-            index = _trained_ivf(packed, bits, options.get("nlist") or default_nlist(count), seed)
-            index.nprobe = options.get("nprobe") or max(1, index.nlist // 16)
-        elif kind == "hnsw":
-            index = faiss.IndexBinaryHNSW(bits, options.get("neighbours") or 16)
-            index.hnsw.efSearch = options.get("ef_search") or 64
-        else:
-            nhash = options.get("nhash") or default_nhash(count, bits)
-            if not 1 <= bits // nhash <= 64:  # FAISS reads each substring into a 64-bit word
-                raise ValueError(
-                    f"`nhash` must give substrings of 1 to 64 bits: between "
-                    f"{math.ceil(bits / 64)} and {bits} for {bits}-bit codes. Received: {nhash}"
-                )
-            index = faiss.IndexBinaryMultiHash(bits, nhash, bits // nhash)
-            nflip = options.get("nflip")
-            index.nflip = 1 if nflip is None else nflip
+        index = new_faiss_index(kind, packed, seed, **options)
         _add_chunks(index, packed, progress)
         return cls(index, ids, kind)
 
@@ -209,12 +152,12 @@ class HammingIndex:
     @property
     def search_option(self) -> int | None:
         """The saved search-time option: nprobe, ef_search or nflip; None for "flat"."""
-        holder, name = self._search_option_holder()
+        holder, name = search_option_holder(self.index, self.kind)
         return None if holder is None else getattr(holder, name)
 
     @search_option.setter
     def search_option(self, value: int) -> None:
-        holder, name = self._search_option_holder()
+        holder, name = search_option_holder(self.index, self.kind)
         setattr(holder, name, value)
 
     def check_queries(self, packed_queries: np.ndarray) -> np.ndarray:
@@ -309,20 +252,6 @@ class HammingIndex:
             )
         return cls(index, ids, kind)
 
-    def _search_option_holder(self) -> tuple[object | None, str]:
-        if self.kind == "ivf":
-            return self.index, "nprobe"
-        if self.kind == "hnsw":
-            return self.index.hnsw, "efSearch"
-        if self.kind == "multihash":
-            return self.index, "nflip"
-        return None, ""
-
-
-def _check_kind(kind: str) -> None:
-    if kind not in INDEX_KINDS:
-        raise ValueError(f"`kind` must be one of {INDEX_KINDS}. Received: kind={kind!r}")
-
 
 def _check_ids(ids: Sequence[str]) -> None:
     if len(set(ids)) != len(ids):
@@ -346,18 +275,3 @@ def _add_chunks(index: faiss.IndexBinary, packed: np.ndarray, progress: bool) ->
         for start in range(0, len(packed), _ADD_CHUNK):
             index.add(packed[start : start + _ADD_CHUNK])
             bar.update(len(packed[start : start + _ADD_CHUNK]))
-
-
-def _trained_ivf(packed: np.ndarray, bits: int, nlist: int, seed: int) -> faiss.IndexBinaryIVF:
-    """An empty IVF index whose cells are trained on a seeded sample of `packed`."""
-    if not 1 <= nlist <= len(packed):
-        raise ValueError(
-            f"`nlist` must be between 1 and the number of codes ({len(packed)}). "
-            f"Received: nlist={nlist}"
-        )
-    sample_size = min(len(packed), nlist * _TRAIN_POINTS_PER_CELL)
-    sample = np.random.default_rng(seed).choice(len(packed), sample_size, replace=False)
-    index = faiss.IndexBinaryIVF(faiss.IndexBinaryFlat(bits), bits, nlist)
-    index.cp.seed = seed
-    index.train(packed[np.sort(sample)])
-    return index

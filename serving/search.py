@@ -24,7 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from harr_tf.index import INDEX_KINDS, KIND_OPTIONS, HammingIndex, ids_path
+from harr_tf.index import HammingIndex, ids_path
+from harr_tf.index_kinds import INDEX_KINDS, KIND_OPTIONS
 from serving.cli import add_endpoint_arguments, add_retry_arguments, add_verbose_argument, positive
 from serving.code_store import StoredCodes, load_codes_file
 

@@ -5,7 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from harr_tf.index import HammingIndex, default_nlist, ids_path
+from harr_tf.index import HammingIndex, ids_path
+from harr_tf.index_kinds import default_nlist
 from harr_tf.retrieval import hamming_distances
 
 
