@@ -13,6 +13,7 @@ import pytest
 from conftest import write_fashion_mnist_subset
 
 from harr_tf.backbones import build_backbone
+from harr_tf.pretrain_model import PretrainBudget
 
 SMALL = ["--train-size", "200", "--batch-size", "32", "--width", "4"]
 
@@ -37,6 +38,46 @@ def pretrain(*args, check=True):
 def test_a_zero_budget_is_refused():
     result = pretrain("--minutes", "0", "--out", "unused", check=False)
     assert result.returncode == 2 and "--minutes must be > 0" in result.stderr
+
+
+def run_budget(budget, epoch_seconds, monkeypatch, epochs=20):
+    """Drives `budget` through `fit`'s callback calls on a model of one weight, with
+    epochs that take `epoch_seconds` on a fake clock; returns each epoch's learning rate."""
+    import keras
+
+    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
+    model.compile(optimizer=keras.optimizers.SGD(budget.learning_rate))
+    budget.set_model(model)
+    clock = iter(np.arange(0, 1000, epoch_seconds))  # read at each epoch's start and end
+    monkeypatch.setattr("harr_tf.pretrain_model.time.perf_counter", lambda: next(clock))
+    rates = []
+    budget.on_train_begin()
+    for epoch in range(epochs):
+        if model.stop_training:
+            break
+        budget.on_epoch_begin(epoch)
+        rates.append(float(model.optimizer.learning_rate))
+        budget.on_epoch_end(epoch, {})
+    return rates
+
+
+def test_the_learning_rate_is_a_cosine_over_the_time_spent(tmp_path, monkeypatch):
+    budget = PretrainBudget(str(tmp_path / "p.json"), 0.1, minutes=1, epochs=None)
+    rates = run_budget(budget, 15, monkeypatch)  # four 15 s epochs fill the minute
+    expected = [0.1 * 0.5 * (1 + np.cos(np.pi * spent / 60)) for spent in (0, 15, 30, 45)]
+    np.testing.assert_allclose(rates, expected, rtol=1e-6)
+    assert json.loads((tmp_path / "p.json").read_text()) == {"seconds": 60.0, "epochs": 4}
+    # A resumed run goes on from the time it had spent, at the rate of that time.
+    (tmp_path / "p.json").write_text(json.dumps({"seconds": 30.0, "epochs": 2}))
+    resumed = PretrainBudget(str(tmp_path / "p.json"), 0.1, minutes=1, epochs=None)
+    np.testing.assert_allclose(run_budget(resumed, 15, monkeypatch), expected[2:], rtol=1e-6)
+
+
+def test_the_learning_rate_is_a_cosine_over_the_epochs(tmp_path, monkeypatch):
+    budget = PretrainBudget(str(tmp_path / "p.json"), 0.1, minutes=None, epochs=5)
+    rates = run_budget(budget, 1, monkeypatch)
+    expected = [0.1 * 0.5 * (1 + np.cos(np.pi * epoch / 5)) for epoch in range(5)]
+    np.testing.assert_allclose(rates, expected, rtol=1e-6)
 
 
 def test_pretraining_writes_weights_the_backbone_loads(subset, tmp_path):
