@@ -53,9 +53,9 @@ def create_app(
     """The Flask app of the page and its API over `index`, encoding uploads with `client`
     (a `serving.client.ServingClient`); thumbnails are made from the files under `images`.
     With `rerank`, an upload's top `rerank` by Hamming distance are re-ranked by its
-    continuous code (see `serving.search.nearest`)."""
+    continuous code (see `serving.nearest`)."""
     from serving.client import RequestFailed
-    from serving.search import nearest
+    from serving.nearest import nearest
 
     app = flask.Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = max_upload_bytes
