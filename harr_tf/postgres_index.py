@@ -1,0 +1,427 @@
+"""`HammingIndex`'s twin over a PostgreSQL table: pgvector's `bit(n)` codes, ranked by `<~>`.
+
+The same methods, arguments, answers and errors as the FAISS index, so the search command,
+the page and `serving.nearest` take either: `build` then `save(uri)` writes a table whole
+(an existing table of codes is replaced in one transaction), `load(uri)` opens it, and
+`add` / `remove` commit at once, so several writers can share one table. Positions index
+`ids`, the table's ids in insertion order; equal distances rank by it, as FAISS flat's do.
+Kinds: "flat" (exact scan), "hnsw" and "ivf" (pgvector's indexes, `bit_hamming_ops`).
+Search can also keep only rows whose text metadata columns equal given values.
+
+>>> index = open_index("postgresql://me@/photos?host=/run/pg&table=harr_64")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import psycopg
+from psycopg import sql
+
+from harr_tf import postgres_table as tables
+from harr_tf.index import HammingIndex, _check_ids, _check_packed
+from harr_tf.index_kinds import KIND_OPTIONS
+from harr_tf.postgres_location import TableLocation, connect, is_database_uri, one_line, redacted
+from harr_tf.postgres_table import TableInfo
+
+POSTGRES_KINDS = ("flat", "ivf", "hnsw")
+_MAX_EF_SEARCH = 1000  # pgvector's limit
+_MISSING = np.iinfo(np.int32).max
+
+
+def open_index(location: str | Path) -> HammingIndex | PostgresIndex:
+    """The index at `location`: a FAISS file path, or a postgresql:// URI of a table."""
+    return index_class(location).load(location)
+
+
+def index_class(location: str | Path) -> type[HammingIndex] | type[PostgresIndex]:
+    return PostgresIndex if is_database_uri(location) else HammingIndex
+
+
+@dataclasses.dataclass(frozen=True)
+class _Rows:
+    """Codes not yet in a table: what `build` holds until `save`."""
+
+    packed: np.ndarray
+    ids: list[str]
+    metadata: dict[str, Sequence[str | None]]
+    continuous: np.ndarray | None
+
+
+class PostgresIndex:
+    """Top-k Hamming search over a table of packed codes, answering with ids (see the module).
+
+    Args:
+        location: the table.
+        connection: an open autocommit connection to its database, or None before `save`.
+        info: the table's bits, kind, options and metadata columns.
+    """
+
+    def __init__(
+        self,
+        location: TableLocation | None,
+        connection: psycopg.Connection | None,
+        info: TableInfo,
+    ) -> None:
+        self.location, self._connection, self._info = location, connection, info
+        self.kind = info.kind
+        self._staged: _Rows | None = None
+        self._ids: list[str] | None = None
+        self._position_of: dict[str, int] = {}
+        self._progress = False
+        self._lock = threading.RLock()  # one statement at a time on the connection
+
+    @classmethod
+    def build(
+        cls,
+        packed: np.ndarray,
+        ids: Sequence[str],
+        kind: str = "flat",
+        *,
+        seed: int = 0,
+        progress: bool = False,
+        metadata: Mapping[str, Sequence[str | None]] | None = None,
+        continuous: np.ndarray | None = None,
+        **options: int | None,
+    ) -> PostgresIndex:
+        """An index of `packed` (n, bits/8) uint8 codes under `ids`, written by `save`.
+
+        As `HammingIndex.build`; pgvector samples IVF cells itself, so `seed` is unused.
+        `metadata` maps column names to one text (or None) per id; `continuous` is (n, bits).
+        """
+        if kind not in POSTGRES_KINDS:
+            raise ValueError(
+                f"`kind` must be one of {POSTGRES_KINDS} for a PostgreSQL index. "
+                f"Received: kind={kind!r}"
+            )
+        packed = _check_packed(packed, "packed")
+        if len(packed) != len(ids):
+            raise ValueError(f"{len(packed)} codes but {len(ids)} ids: expected one id per code.")
+        if len(packed) == 0:
+            raise ValueError("Cannot build an index of zero codes.")
+        _check_ids(ids)
+        rows = _Rows(packed, list(ids), _checked_metadata(metadata, len(ids)), continuous)
+        info = TableInfo(
+            packed.shape[1] * 8,
+            kind,
+            tables.resolved_options(kind, len(ids), options),
+            tuple(rows.metadata),
+            continuous is not None,
+        )
+        index = cls(None, None, info)
+        index._staged, index._progress = rows, progress
+        return index
+
+    @classmethod
+    def load(cls, location: str | Path) -> PostgresIndex:
+        """The table at `location` (a postgresql:// URI)."""
+        where = TableLocation.parse(str(location))
+        connection = connect(where)
+        info = tables.describe(connection, where)
+        if info is None:
+            connection.close()
+            raise FileNotFoundError(
+                f"No table {where.table} in {redacted(where.conninfo)}: expected a table "
+                "written by `python -m serving.search build` or `serving.encode --index`."
+            )
+        return cls(where, connection, info)
+
+    @classmethod
+    def open_for_writing(cls, location: str, bits: int) -> PostgresIndex:
+        """The table at `location`, created (flat, empty) if missing; refuses another length."""
+        where = TableLocation.parse(location)
+        connection = connect(where)
+        with connection.transaction():
+            tables.lock_table_name(connection, where)
+            info = tables.describe(connection, where)
+            if info is None:
+                tables.require_vector(connection, where)
+                tables.create_table(connection, where, bits, "flat", {})
+                info = TableInfo(bits, "flat", {}, (), True)
+        index = cls(where, connection, info)
+        if info.bits != bits:
+            index.close()
+            raise ValueError(
+                f"{where} holds {info.bits}-bit codes, not {bits}-bit ones: "
+                "encode into another table, or with the model that made them."
+            )
+        return index
+
+    def close(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+
+    @property
+    def bits(self) -> int:
+        return self._info.bits
+
+    @property
+    def metadata_columns(self) -> tuple[str, ...]:
+        return self._info.metadata
+
+    @property
+    def exact_radius(self) -> int | None:
+        """bits for "flat" (every neighbour is found), None for the approximate kinds."""
+        return self.bits if self.kind == "flat" else None
+
+    @property
+    def search_option(self) -> int | None:
+        """The saved search-time option: nprobe (ivf) or ef_search (hnsw); None for flat."""
+        names = KIND_OPTIONS[self.kind]
+        return self._info.options[names[-1]] if names else None
+
+    @property
+    def ids(self) -> list[str]:
+        """The table's ids in insertion order (read once, and again after a change)."""
+        if self._staged is not None:
+            return self._staged.ids
+        if self._ids is None:
+            self._refresh_ids()
+        return self._ids
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def check_queries(self, packed_queries: np.ndarray) -> np.ndarray:
+        """`packed_queries` as contiguous uint8, or an error if their length differs."""
+        queries = _check_packed(packed_queries, "packed_queries")
+        if queries.shape[1] * 8 != self.bits:
+            raise ValueError(
+                f"Codes of {queries.shape[1] * 8} bits but the index holds {self.bits}-bit "
+                "codes: encode them with the model that encoded the collection."
+            )
+        return queries
+
+    def search(
+        self,
+        packed_queries: np.ndarray,
+        k: int = 10,
+        *,
+        nprobe: int | None = None,
+        ef_search: int | None = None,
+        nflip: int | None = None,
+        filters: Mapping[str, str] | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """As `HammingIndex.search`, plus `filters` {column: value}: only rows whose
+        metadata equal every value are ranked (rows are padded with position -1)."""
+        queries = self.check_queries(packed_queries)
+        if k < 1:
+            raise ValueError(f"`k` must be a positive integer. Received: k={k}")
+        given = {"nprobe": nprobe, "ef_search": ef_search, "nflip": nflip}
+        given = {name: value for name, value in given.items() if value is not None}
+        wrong = [name for name in given if name not in KIND_OPTIONS[self.kind]]
+        if wrong:
+            raise ValueError(f"`{wrong[0]}` does not apply to a {self.kind!r} index.")
+        filters = dict(filters or {})
+        unknown = [name for name in filters if name not in self.metadata_columns]
+        if unknown:
+            raise ValueError(
+                f"No metadata column {unknown[0]!r} in {self.location} to filter "
+                f"on; its columns are {list(self.metadata_columns)}."
+            )
+        if len(self) == 0:
+            self._refresh_ids()
+            if len(self) == 0:
+                raise ValueError(f"{self.location} holds no codes yet: encode or add some first.")
+        depth = min(k, len(self))
+        rows = self._ranked(queries, depth, given, filters)
+        distances = np.full((len(queries), depth), _MISSING, np.int32)
+        positions = np.full((len(queries), depth), -1, np.int64)
+        if any(item not in self._position_of for _, item, _ in rows):
+            self._refresh_ids()  # another writer added rows since the ids were read
+        for query in range(len(queries)):
+            found = [(int(d), self._position_of[item]) for n, item, d in rows if n == query + 1]
+            found.sort()
+            for column, (distance, position) in enumerate(found[:depth]):
+                distances[query, column], positions[query, column] = distance, position
+        return distances, positions
+
+    def codes(self, positions: np.ndarray | None = None) -> np.ndarray:
+        """The packed codes (m, bits/8) at `positions` (all of them when None)."""
+        every = self.ids
+        wanted = every if positions is None else [every[p] for p in np.asarray(positions)]
+        if self._staged is not None:
+            rows = self._staged.packed
+            return rows.copy() if positions is None else rows[np.asarray(positions, np.int64)]
+        query = sql.SQL("SELECT id, code FROM {} WHERE id = ANY(%s)").format(self._table)
+        with self._lock:
+            found = dict(self._connection.execute(query, [list(set(wanted))]).fetchall())
+        gone = [item for item in wanted if item not in found]
+        if gone:
+            raise ValueError(
+                f"{len(gone)} ids were removed from {self.location} meanwhile, e.g. {gone[:5]}"
+            )
+        return tables.packed_codes([found[item] for item in wanted], self.bits)
+
+    def add(
+        self,
+        packed: np.ndarray,
+        ids: Sequence[str],
+        *,
+        metadata: Mapping[str, Sequence[str | None]] | None = None,
+        continuous: np.ndarray | None = None,
+    ) -> None:
+        """Appends codes under new `ids` in one transaction; refuses ids already in the
+        table (by this or any other writer), changing nothing."""
+        packed = self.check_queries(packed)
+        if len(packed) != len(ids):
+            raise ValueError(f"{len(packed)} codes but {len(ids)} ids: expected one id per code.")
+        _check_ids(ids)
+        metadata = _checked_metadata(metadata, len(ids))
+        extra = [name for name in metadata if name not in self.metadata_columns]
+        if extra:
+            raise ValueError(
+                f"{self.location} has no metadata column {extra[0]!r}; its "
+                f"columns are {list(self.metadata_columns)} (fixed by `build`)."
+            )
+        present_query = sql.SQL("SELECT id FROM {} WHERE id = ANY(%s)").format(self._table)
+        try:
+            with self._lock, self._connection.transaction():
+                present = [row[0] for row in self._connection.execute(present_query, [list(ids)])]
+                if present:
+                    raise ValueError(
+                        f"{len(present)} of the ids are already in the index, e.g. "
+                        f"{sorted(present)[:5]}: remove them first, or add only new ids."
+                    )
+                tables.copy_rows(self._connection, self.location, ids, packed, continuous, metadata)
+        except psycopg.errors.UniqueViolation as err:
+            raise ValueError(
+                f"another writer added some of these ids meanwhile: {one_line(err)}"
+            ) from err
+        self._ids = None
+
+    def remove(self, ids: Sequence[str]) -> None:
+        """Drops the codes of `ids` in one transaction; refuses ids not in the table."""
+        table, wanted = self._table, list(dict.fromkeys(ids))
+        with self._lock, self._connection.transaction():
+            found = {
+                row[0]
+                for row in self._connection.execute(
+                    sql.SQL("SELECT id FROM {} WHERE id = ANY(%s) FOR UPDATE").format(table),
+                    [wanted],
+                )
+            }
+            unknown = set(wanted) - found
+            if unknown:
+                raise ValueError(
+                    f"{len(unknown)} ids are not in the index, e.g. {sorted(unknown)[:5]}"
+                )
+            total = self._connection.execute(
+                sql.SQL("SELECT count(*) FROM {}").format(table)
+            ).fetchone()[0]
+            if found and total == len(found):
+                raise ValueError("Cannot remove every code: an index holds at least one.")
+            self._connection.execute(
+                sql.SQL("DELETE FROM {} WHERE id = ANY(%s)").format(table), [wanted]
+            )
+        self._ids = None
+
+    def write(
+        self,
+        ids: Sequence[str],
+        packed: np.ndarray,
+        continuous: np.ndarray | None = None,
+        *,
+        overwrite: bool = False,
+    ) -> int:
+        """Inserts codes, skipping ids already present (replacing them with `overwrite`,
+        in place: they keep their rank among ties). Returns how many rows it wrote."""
+        packed = self.check_queries(packed)
+        with self._lock:
+            written = tables.upsert_rows(
+                self._connection, self.location, ids, packed, continuous, overwrite
+            )
+        self._ids = None
+        return written
+
+    def missing(self, ids: Sequence[str]) -> list[str]:
+        """The ids of `ids` not in the table, in the given order."""
+        query = sql.SQL("SELECT id FROM {} WHERE id = ANY(%s)").format(self._table)
+        with self._lock:
+            present = {row[0] for row in self._connection.execute(query, [list(ids)])}
+        return [item for item in ids if item not in present]
+
+    def save(self, path: str | Path) -> None:
+        """Writes the index to the table at `path` in one transaction, replacing a table of
+        codes already there (another kind of table is refused). Onto its own table this does
+        nothing: `add` and `remove` have committed already."""
+        target = TableLocation.parse(str(path))
+        if self._staged is None and target == self.location:
+            return
+        rows = self._staged or _Rows(self.codes(), list(self.ids), {}, None)
+        connection = connect(target)
+        try:
+            with connection.transaction():
+                tables.lock_table_name(connection, target)
+                tables.require_vector(connection, target)
+                if tables.describe(connection, target) is not None:
+                    tables.drop_table(connection, target)
+                tables.create_table(
+                    connection,
+                    target,
+                    self.bits,
+                    self.kind,
+                    self._info.options,
+                    tuple(rows.metadata),
+                )
+                tables.copy_rows(
+                    connection,
+                    target,
+                    rows.ids,
+                    rows.packed,
+                    rows.continuous,
+                    rows.metadata,
+                    self._progress,
+                )
+                tables.create_search_index(connection, target, self.kind, self._info.options)
+        except psycopg.Error as err:
+            connection.close()
+            raise ValueError(f"cannot write {target}: {one_line(err)}") from err
+        except BaseException:
+            connection.close()
+            raise
+        self.close()
+        self.location, self._connection, self._staged = target, connection, None
+        self._info = dataclasses.replace(self._info, metadata=tuple(rows.metadata))
+        self._ids = None
+
+    @property
+    def _table(self) -> sql.Identifier:
+        if self._connection is None:
+            raise ValueError("This index is not in a table yet: `save` it to one first.")
+        return sql.Identifier(self.location.table)
+
+    def _refresh_ids(self) -> None:
+        query = sql.SQL("SELECT id FROM {} ORDER BY seq").format(self._table)
+        with self._lock:
+            self._ids = [row[0] for row in self._connection.execute(query)]
+        self._position_of = {item: position for position, item in enumerate(self._ids)}
+
+    def _ranked(self, queries, depth: int, given: dict, filters: dict) -> list[tuple]:
+        options = self._info.options
+        ef_search = given.get("ef_search") or options.get("ef_search", 0)
+        settings = {  # FAISS's HNSW searches at least k deep; pgvector stops at ef_search
+            "ivfflat.probes": given.get("nprobe") or options.get("nprobe"),
+            "hnsw.ef_search": min(_MAX_EF_SEARCH, max(depth, ef_search)),
+        }
+        with self._lock:
+            return tables.nearest_rows(
+                self._connection, self.location, self._info, queries, depth, filters, settings
+            )
+
+
+def _checked_metadata(metadata, count: int) -> dict[str, list[str | None]]:
+    checked = {str(name): list(values) for name, values in (metadata or {}).items()}
+    for name, values in checked.items():
+        if name in tables.FIXED_COLUMNS or not name or len(name.encode()) > 63:
+            raise ValueError(
+                f"Metadata column {name!r}: expected a name of 1 to 63 bytes other "
+                f"than {list(tables.FIXED_COLUMNS)}."
+            )
+        if len(values) != count:
+            raise ValueError(f"Metadata column {name!r} has {len(values)} values for {count} ids.")
+    return checked
