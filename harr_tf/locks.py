@@ -100,10 +100,7 @@ class exclusive:  # noqa: N801 - used like a function: `with exclusive(path):`
         if holder.get("host") and holder["host"] != socket.gethostname():
             who += f" on {holder['host']}"
         waited = f" after waiting {self.timeout:g} s" if self.wait else ""
-        return (
-            f"{self.path} is in use by {who} ({self.file} is locked){waited}; wait for it "
-            "to finish, or stop that process."
-        )
+        return f"{self.path} is in use by {who} (it holds the lock {self.file}){waited}."
 
 
 def read_holder(file: str | Path) -> dict:
