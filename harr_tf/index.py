@@ -5,30 +5,26 @@ popcount of their XOR, so the bit order inside a byte does not change any distan
 Four kinds (`harr_tf.index_kinds`): `flat` is exact; `ivf`, `hnsw` and `multihash` are
 approximate (`multihash` is exact up to its `exact_radius`).
 
-The index is one FAISS file (`faiss.read_index_binary` opens it as is); the ids and the
-kind go to `<index>.ids.json` beside it, and loading checks the two agree. Positions are
+The index and its ids are one file (`harr_tf.index_file`), written whole by one writer
+at a time: `save` and `updating` hold the file's lock (`harr_tf.locks`). Positions are
 always 0..n-1 in the order of `ids`: `add` appends, `remove` rebuilds from the kept codes.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import faiss
 import numpy as np
 from tqdm import tqdm
 
-from harr_tf.atomic import atomic_path
+from harr_tf.index_file import read_index_file, write_index_file
 from harr_tf.index_kinds import KIND_OPTIONS, check_kind, new_faiss_index, search_option_holder
+from harr_tf.locks import exclusive
 
 _ADD_CHUNK = 65536
-
-
-def ids_path(index_path: str | Path) -> Path:
-    """Where the ids of the index at `index_path` are stored."""
-    return Path(f"{index_path}.ids.json")
 
 
 class HammingIndex:
@@ -217,40 +213,40 @@ class HammingIndex:
         _add_chunks(self.index, kept, progress=False)
         self.ids = [item for item, kept_it in zip(self.ids, keep, strict=True) if kept_it]
 
-    def save(self, path: str | Path) -> None:
-        """Write the index to `path` and its ids beside it: both are written whole to
-        temporary files first, then renamed, so an error leaves the old pair as it was."""
-        path = Path(path)
-        with atomic_path(ids_path(path)) as ids_temporary, atomic_path(path) as temporary:
-            ids_temporary.write_text(json.dumps({"kind": self.kind, "ids": self.ids}))
-            faiss.write_index_binary(self.index, str(temporary))
+    def save(self, path: str | Path, *, wait: bool = False, locked: bool = False) -> None:
+        """Writes the index and its ids to `path` as one file, whole or not at all (an
+        error leaves the file as it was), holding the file's lock while it writes.
+
+        Args:
+            wait: wait for another writer of `path` to finish instead of raising.
+            locked: the caller already holds `path`'s lock (`harr_tf.locks.exclusive`).
+
+        Raises:
+            harr_tf.locks.LockHeld: another process is writing `path` (unless `wait`).
+        """
+        with contextlib.nullcontext() if locked else exclusive(path, wait=wait):
+            write_index_file(path, self.index, self.kind, self.ids)
 
     @classmethod
     def load(cls, path: str | Path) -> HammingIndex:
-        """The index saved at `path`, with its ids."""
-        path = Path(path)
-        sidecar = ids_path(path)
-        for needed in (path, sidecar):
-            if not needed.is_file():
-                raise FileNotFoundError(
-                    f"No index file {needed}: expected the index and its ids written by "
-                    "`python -m serving.search build`."
-                )
-        try:
-            index = faiss.read_index_binary(str(path))
-        except RuntimeError as err:
-            raise ValueError(f"{path} is not a FAISS binary index: {err}") from err
-        try:
-            stored = json.loads(sidecar.read_text())
-            kind, ids = stored["kind"], stored["ids"]
-        except (ValueError, KeyError, TypeError) as err:
-            raise ValueError(f"{sidecar} is not an index ids file: {err!r}") from err
-        if index.ntotal != len(ids):
-            raise ValueError(
-                f"{path} holds {index.ntotal} codes but {sidecar} names {len(ids)}: they come "
-                "from different builds; rebuild the index."
-            )
+        """The index saved at `path`, with its ids, both from one write."""
+        index, kind, ids = read_index_file(path)
         return cls(index, ids, kind)
+
+    @classmethod
+    @contextlib.contextmanager
+    def updating(cls, path: str | Path, *, wait: bool = False) -> Iterator[HammingIndex]:
+        """Loads the index at `path` under its lock and saves it when the block ends
+        without an error, so that two processes changing one index (`add`, `remove`)
+        each see the other's change instead of writing over it.
+
+        Raises:
+            harr_tf.locks.LockHeld: another process is writing `path` (unless `wait`).
+        """
+        with exclusive(path, wait=wait):
+            index = cls.load(path)
+            yield index
+            index.save(path, locked=True)
 
 
 def _check_ids(ids: Sequence[str]) -> None:

@@ -8,7 +8,9 @@
 `build` indexes the packed codes `serving.encode` wrote (see `harr_tf.index` for the
 kinds). `add` appends the codes of new ids; with `--new-only` it takes the whole codes
 file of `serving.encode --resume` and adds only the ids the index lacks. `remove` drops
-ids. Both rewrite the index whole or not at all. `query` sends the images to the served
+ids. Each writes the index and its ids as one file, whole or not at all, holding the
+index's lock: a second writer stops with one line naming the holder (or waits with
+`--wait`) instead of writing over its codes. `query` sends the images to the served
 model for their codes, the same way the collection was encoded, and prints the nearest ids
 with their Hamming distances (or JSON with `--json`); `--rerank N` re-ranks the top N by
 the inner product of the query's continuous code with each item's binary code.
@@ -17,15 +19,18 @@ the inner product of the query's continuous code with each item's binary code.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
-from harr_tf.index import HammingIndex, ids_path
+from harr_tf.index import HammingIndex
 from harr_tf.index_kinds import INDEX_KINDS, KIND_OPTIONS
+from harr_tf.locks import LockHeld, exclusive
 from serving.cli import add_endpoint_arguments, add_retry_arguments, add_verbose_argument, positive
 from serving.code_store import StoredCodes, load_codes_file
 from serving.nearest import nearest
@@ -39,22 +44,35 @@ def build(args: argparse.Namespace) -> int:
     stored = _load_codes(args.codes)
     start = time.monotonic()
     options = {name: getattr(args, name) for name in _BUILD_OPTIONS}
-    try:
-        index = HammingIndex.build(
-            stored.packed, stored.ids.tolist(), args.kind, progress=True, **options
-        )
-    except ValueError as err:
-        raise SystemExit(f"error: {err}") from err
-    index.save(args.index)
+    with _writing(args.index), exclusive(args.index, wait=args.wait):
+        try:
+            index = HammingIndex.build(
+                stored.packed, stored.ids.tolist(), args.kind, progress=True, **options
+            )
+        except ValueError as err:
+            raise SystemExit(f"error: {err}") from err
+        index.save(args.index, locked=True)
     print(
-        f"Indexed {len(index)} {index.bits}-bit codes ({args.kind}) into {args.index} and "
-        f"{ids_path(args.index)} in {time.monotonic() - start:.1f} s."
+        f"Indexed {len(index)} {index.bits}-bit codes ({args.kind}) into {args.index} "
+        f"in {time.monotonic() - start:.1f} s."
     )
     return 0
 
 
 def add(args: argparse.Namespace) -> int:
-    index, stored = _load_index(args.index), _load_codes(args.codes)
+    stored = _load_codes(args.codes)
+    with _writing(args.index), HammingIndex.updating(args.index, wait=args.wait) as index:
+        new = _add_codes(index, stored, args)
+    print(
+        f"Added {int(new.sum())} codes ({len(new) - int(new.sum())} already indexed) to "
+        f"{args.index}, which holds {len(index)}."
+    )
+    return 0
+
+
+def _add_codes(index: HammingIndex, stored: StoredCodes, args: argparse.Namespace) -> np.ndarray:
+    """Adds the codes of `stored` to `index` (only its new ids with --new-only); returns
+    which rows were added."""
     ids = stored.ids.tolist()
     present = {item: position for position, item in enumerate(index.ids)}
     new = np.array([item not in present for item in ids], dtype=bool)
@@ -71,7 +89,6 @@ def add(args: argparse.Namespace) -> int:
                 f"have other codes there, e.g. {examples}: the codes come from another model; "
                 "rebuild the index from one codes file."
             )
-    start = time.monotonic()
     try:
         index.add(stored.packed[new], [ids[row] for row in np.flatnonzero(new)])
     except ValueError as err:
@@ -79,21 +96,15 @@ def add(args: argparse.Namespace) -> int:
             " Pass --new-only to add only the ids the index lacks." if "already" in str(err) else ""
         )
         raise SystemExit(f"error: --codes {args.codes}: {err}{hint}") from err
-    index.save(args.index)
-    print(
-        f"Added {int(new.sum())} codes ({len(ids) - int(new.sum())} already indexed) to "
-        f"{args.index}, which holds {len(index)} in {time.monotonic() - start:.1f} s."
-    )
-    return 0
+    return new
 
 
 def remove(args: argparse.Namespace) -> int:
-    index = _load_index(args.index)
-    try:
-        index.remove(args.ids)
-    except ValueError as err:
-        raise SystemExit(f"error: --ids: {err}") from err
-    index.save(args.index)
+    with _writing(args.index), HammingIndex.updating(args.index, wait=args.wait) as index:
+        try:
+            index.remove(args.ids)
+        except ValueError as err:
+            raise SystemExit(f"error: --ids: {err}") from err
     print(f"Removed {len(set(args.ids))} codes from {args.index}, which holds {len(index)}.")
     return 0
 
@@ -171,6 +182,21 @@ def _print_table(answers: list[dict]) -> None:
             print(f"  {rank:>4}  {result['distance']:>4}{score}  {result['id']}")
 
 
+@contextlib.contextmanager
+def _writing(path: str) -> Iterator[None]:
+    """Turns what stops a write of the index at `path` into one line: another writer
+    holding its lock, an unreadable index, a full disk (the index is then as it was)."""
+    try:
+        yield
+    except (LockHeld, ValueError, FileNotFoundError) as err:
+        raise SystemExit(f"error: --index {path}: {err}") from err
+    except OSError as err:
+        raise SystemExit(
+            f"error: --index {path}: cannot write it ({err.strerror or err}); the index is as "
+            "it was before this command."
+        ) from err
+
+
 def _load_index(path: str) -> HammingIndex:
     try:
         return HammingIndex.load(path)
@@ -214,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
         "--codes", required=True, help="codes file written by python -m serving.encode"
     )
     build_parser.add_argument(
-        "--index", required=True, help="index file to write; ids go to INDEX.ids.json beside it"
+        "--index", required=True, help="index file to write (the FAISS index and its ids)"
     )
     build_parser.add_argument(
         "--kind",
@@ -274,6 +300,13 @@ def main(argv: list[str] | None = None) -> int:
     remove_parser = commands.add_parser("remove", help="remove ids from an index")
     remove_parser.add_argument("--index", required=True, help="index written by `build`")
     remove_parser.add_argument("--ids", required=True, nargs="+", help="ids to remove")
+    for writer in (build_parser, add_parser, remove_parser):
+        writer.add_argument(
+            "--wait",
+            action="store_true",
+            help="if another process is writing the index, wait for it to finish instead "
+            "of stopping",
+        )
     add_verbose_argument(query_parser)
     args = parser.parse_args(argv)
     commands = {"build": build, "add": add, "remove": remove, "query": query}

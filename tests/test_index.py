@@ -1,11 +1,9 @@
 """The FAISS Hamming index against a NumPy Hamming ranking (harr_tf.retrieval)."""
 
-import json
-
 import numpy as np
 import pytest
 
-from harr_tf.index import HammingIndex, ids_path
+from harr_tf.index import HammingIndex
 from harr_tf.index_kinds import default_nlist
 from harr_tf.retrieval import hamming_distances
 
@@ -99,22 +97,8 @@ def test_save_and_load_round_trip(tmp_path, kind):
     queries = pack(database[:20])
     for got, want in zip(loaded.search(queries, 5), index.search(queries, 5), strict=True):
         np.testing.assert_array_equal(got, want)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["harr.faiss", "harr.faiss.ids.json"]
-
-
-def test_load_rejects_an_index_and_ids_of_different_builds(tmp_path):
-    path = tmp_path / "harr.faiss"
-    HammingIndex.build(pack(random_codes(10, 16, 0)), [str(i) for i in range(10)]).save(path)
-    ids_path(path).write_text(json.dumps({"kind": "flat", "ids": ["a", "b"]}))
-    with pytest.raises(ValueError, match="holds 10 codes but .* names 2"):
-        HammingIndex.load(path)
-    ids_path(path).unlink()
-    with pytest.raises(FileNotFoundError, match="ids.json"):
-        HammingIndex.load(path)
-    (tmp_path / "other.faiss").write_bytes(b"not an index")
-    ids_path(tmp_path / "other.faiss").write_text(json.dumps({"kind": "flat", "ids": []}))
-    with pytest.raises(ValueError, match="not a FAISS binary index"):
-        HammingIndex.load(tmp_path / "other.faiss")
+    # One file (and the writers' lock file): see tests/test_index_file.py.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["harr.faiss", "harr.faiss.lock"]
 
 
 def test_bad_input_is_rejected_with_what_was_received():
@@ -236,20 +220,3 @@ def test_add_and_remove_refuse_bad_ids_and_change_nothing(tmp_path):
         index.remove(index.ids)
     assert index.ids == [str(i) for i in range(50)]
     np.testing.assert_array_equal(index.codes(), pack(codes))
-
-
-def test_a_failed_save_leaves_the_saved_index_as_it_was(tmp_path, monkeypatch):
-    path = tmp_path / "harr.faiss"
-    index = HammingIndex.build(pack(random_codes(20, 16, 9)), [str(i) for i in range(20)])
-    index.save(path)
-    before = path.read_bytes(), ids_path(path).read_bytes()
-    index.add(pack(random_codes(5, 16, 10)), list("abcde"))
-
-    def full_disk(*_):
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr("harr_tf.index.faiss.write_index_binary", full_disk)
-    with pytest.raises(OSError, match="No space"):
-        index.save(path)
-    assert (path.read_bytes(), ids_path(path).read_bytes()) == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["harr.faiss", "harr.faiss.ids.json"]

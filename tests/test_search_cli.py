@@ -166,7 +166,7 @@ def write_codes(path, ids, codes):
 
 
 def index_files(index_file):
-    return index_file.read_bytes(), (index_file.parent / f"{index_file.name}.ids.json").read_bytes()
+    return index_file.read_bytes()  # the index and its ids: one file
 
 
 def test_encode_resume_output_feeds_add_new_only(grpc_server, encoded_folder, tmp_path, capsys):
