@@ -9,7 +9,7 @@ import os
 import keras
 import numpy as np
 
-from harr_tf.atomic import write_json_atomically
+from harr_tf.atomic import atomic_path, remove_leftovers, write_json_atomically
 from harr_tf.config import WTAConfig
 from harr_tf.encoder import encode_images
 from harr_tf.features import wta_codes
@@ -102,7 +102,10 @@ class LastGoodCheckpoint(keras.callbacks.BackupAndRestore):
     after training, with what a run adds:
 
     - an epoch whose loss or weights are not finite never replaces the checkpoint;
-    - each file is written beside and renamed, so a kill leaves the last complete one;
+    - each file is written beside and renamed, so a kill leaves the last complete one,
+      and the leftovers of killed writes are deleted when training begins;
+    - the disk's free space is checked first: a full disk is an OSError(ENOSPC) with the
+      last checkpoint kept, where h5py would crash the process;
     - only `write=True` (the chief) writes; every worker restores from `directory`, which
       must therefore be on storage that all workers see.
     """
@@ -111,15 +114,18 @@ class LastGoodCheckpoint(keras.callbacks.BackupAndRestore):
         super().__init__(directory, delete_checkpoint=False)
         self.write = write
 
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        if self.write:
+            remove_leftovers(self.backup_dir)
+        super().on_train_begin(logs)
+
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         loss = (logs or {}).get("loss", 0.0)
         if not self.write or not np.isfinite(loss) or not finite_weights(self.model):
             return
         os.makedirs(self.backup_dir, exist_ok=True)
-        # save_weights wants a name ending in .weights.h5.
-        temporary = os.path.join(self.backup_dir, f".saving{os.getpid()}.weights.h5")
-        self.model.save_weights(temporary)
-        os.replace(temporary, self._weights_path)
+        with atomic_path(self._weights_path, checkpoint_bytes(self.model)) as temporary:
+            self.model.save_weights(temporary)
         write_json_atomically(self._training_metadata_path, {"epoch": epoch + 1, "batch": 0})
 
     @staticmethod
@@ -131,6 +137,15 @@ class LastGoodCheckpoint(keras.callbacks.BackupAndRestore):
             return 0
         with open(path) as f:
             return int(json.load(f)["epoch"])
+
+
+def checkpoint_bytes(model: keras.Model) -> int:
+    """About the size of `model.save_weights`: its and its optimizer's variables, and
+    h5py's few kB per variable."""
+    variables = list(model.weights)
+    if model.optimizer is not None:
+        variables += list(model.optimizer.variables)
+    return sum(int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize + 4096 for v in variables)
 
 
 def finite_weights(model: keras.Model) -> bool:
