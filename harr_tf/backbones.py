@@ -3,7 +3,8 @@
 `small_cnn` is trained from scratch on small images; `vgg16` (fc7, the usual
 protocol of the hashing literature), `resnet50` (the authors' released code) and
 `efficientnetb0` come from `keras.applications`, each with its own input
-preprocessing built in, so callers always feed raw pixels.
+preprocessing built in, so callers always feed raw pixels. `efficientnet_lite0`
+(harr_tf.efficientnet_lite) has ImageNet weights that work offline.
 """
 
 from __future__ import annotations
@@ -12,7 +13,10 @@ import os
 
 import keras
 
-BACKBONES = ("small_cnn", "vgg16", "resnet50", "efficientnetb0")
+from harr_tf.efficientnet_lite import efficientnet_lite_backbone
+from harr_tf.offline_weights import OFFLINE_WEIGHTS
+
+BACKBONES = ("small_cnn", "vgg16", "resnet50", "efficientnetb0", "efficientnet_lite0")
 PRETRAINED_INPUT_SIZE = 224
 
 
@@ -127,8 +131,9 @@ def pretrained_backbone(
             raise
         raise WeightsUnavailableError(
             f"Could not download the ImageNet weights of {name} ({error}). Without "
-            "network access, pass `--weights none` to train from scratch, or "
-            "`--weights PATH` with a local weights file."
+            f"network access, use a backbone whose weights work offline "
+            f"({', '.join(OFFLINE_WEIGHTS)}), pass `--weights none` to train from "
+            "scratch, or `--weights PATH` with a local weights file."
         ) from error
     inputs = keras.Input(input_shape, name="pixels")
     x = inputs
@@ -189,4 +194,22 @@ def build_backbone(
         return model
     if name not in BACKBONES:
         raise ValueError(f"Unknown backbone. Expected one of {BACKBONES}. Received: {name!r}")
+    if name in OFFLINE_WEIGHTS:
+        return _offline_backbone(name, input_shape, weights)
+    if weights.endswith(".pth"):
+        raise ValueError(
+            f"PyTorch .pth weights are read for {', '.join(OFFLINE_WEIGHTS)} only. "
+            f"Received: weights={weights!r} for the {name} backbone"
+        )
     return pretrained_backbone(name, input_shape, weights)
+
+
+def _offline_backbone(name: str, input_shape: tuple[int, int, int], weights: str):
+    """'imagenet' and a `.pth` file are converted from PyTorch; any other file is a
+    Keras weights file of the whole backbone (e.g. of `python -m harr_tf.pretrain`)."""
+    if weights in ("imagenet", "none") or weights.endswith(".pth"):
+        return efficientnet_lite_backbone(input_shape, weights, name)
+    resolved = _resolve_weights(weights)
+    model = efficientnet_lite_backbone(input_shape, "none", name)
+    load_weights_file(model, resolved, name)
+    return model

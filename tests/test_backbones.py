@@ -32,7 +32,9 @@ def test_grid_pooling_keeps_where_features_are():
     np.testing.assert_allclose(grid(feature_map)[0], expected.reshape(3, 3, 16), rtol=1e-6)
 
 
-@pytest.mark.parametrize(("name", "dim"), [("resnet50", 2048), ("efficientnetb0", 1280)])
+@pytest.mark.parametrize(
+    ("name", "dim"), [("resnet50", 2048), ("efficientnetb0", 1280), ("efficientnet_lite0", 1280)]
+)
 def test_pretrained_architectures_take_small_grayscale_images(name, dim):
     backbone = build_backbone(name, (28, 28, 1), weights="none")
     images = np.random.default_rng(0).uniform(0, 255, (2, 28, 28, 1)).astype("float32")
@@ -63,8 +65,9 @@ def test_offline_imagenet_weights_fail_with_what_to_do(monkeypatch):
 
     monkeypatch.setattr(keras.utils, "get_file", offline)
     monkeypatch.setattr("keras.src.utils.file_utils.get_file", offline)
-    with pytest.raises(RuntimeError, match="--weights none"):
+    with pytest.raises(RuntimeError, match="--weights none") as error:
         build_backbone("efficientnetb0", (32, 32, 3), weights="imagenet")
+    assert "offline (efficientnet_lite0)" in str(error.value)
 
 
 def test_bad_weights_and_names_are_rejected(tmp_path):
