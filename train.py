@@ -124,7 +124,13 @@ FLAGS = [
         "logs on the host after each call, so on a GPU 8-32 waits less",
     ),
     ("--seed", None, "seed", int, "seed of the split, WTA table, augmentation and weights"),
-    ("--backbone", "model", "backbone", str, "small_cnn | vgg16 | resnet50 | efficientnetb0"),
+    (
+        "--backbone",
+        "model",
+        "backbone",
+        str,
+        "small_cnn | vgg16 | resnet50 | efficientnetb0 | efficientnet_lite0",
+    ),
     ("--weights", "model", "weights", str, "imagenet | none | PATH of a weights file"),
     (
         "--init-from-teacher",

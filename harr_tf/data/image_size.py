@@ -13,7 +13,13 @@ SMALL_CNN_SIZE = 64  # small_cnn on larger images
 PRETRAINED_SIZE = 224
 # keras.applications' smallest input without the classifier; small_cnn's grid pooling
 # needs 3 x 3 cells after two 2 x 2 max-poolings.
-MIN_SIZE = {"small_cnn": 12, "vgg16": 32, "resnet50": 32, "efficientnetb0": 32}
+MIN_SIZE = {
+    "small_cnn": 12,
+    "vgg16": 32,
+    "resnet50": 32,
+    "efficientnetb0": 32,
+    "efficientnet_lite0": 32,
+}
 INFERENCE_PIXELS = 512 * 64 * 64  # 512 images of 64 x 64; 32 images of 224 x 224
 # A training step keeps three views' activations for the gradient: at 224 x 224 a batch
 # of 32 peaked at 9.6 GB (ResNet-50) and 128 passed 16 GB (docs/collections.md).
