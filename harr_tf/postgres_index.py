@@ -13,9 +13,10 @@ Search can also keep only rows whose text metadata columns equal given values.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -150,6 +151,17 @@ class PostgresIndex:
                 "encode into another table, or with the model that made them."
             )
         return index
+
+    @classmethod
+    @contextlib.contextmanager
+    def updating(cls, path: str | Path, *, wait: bool = False) -> Iterator[PostgresIndex]:
+        """As `HammingIndex.updating`: the table at `path`, for `add` and `remove`, each of
+        which is one transaction (writers of one table wait for each other's)."""
+        index = cls.load(path)
+        try:
+            yield index
+        finally:
+            index.close()
 
     def close(self) -> None:
         if self._connection is not None:
@@ -345,10 +357,11 @@ class PostgresIndex:
             present = {row[0] for row in self._connection.execute(query, [list(ids)])}
         return [item for item in ids if item not in present]
 
-    def save(self, path: str | Path) -> None:
+    def save(self, path: str | Path, *, wait: bool = False, locked: bool = False) -> None:
         """Writes the index to the table at `path` in one transaction, replacing a table of
         codes already there (another kind of table is refused). Onto its own table this does
-        nothing: `add` and `remove` have committed already."""
+        nothing: `add` and `remove` have committed already. A second writer of the table
+        waits for the first's transaction, so `wait` and `locked` change nothing here."""
         target = TableLocation.parse(str(path))
         if self._staged is None and target == self.location:
             return

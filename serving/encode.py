@@ -43,8 +43,10 @@ def encode_collection(
     batch_size: int = 64,
     concurrency: int = 4,
     progress: bool = True,
+    checkpoint_seconds: float = _CHECKPOINT_SECONDS,
 ) -> tuple[StoredCodes, dict[str, str]]:
-    """Encodes the items of `collection` not in `previous`, checkpointing into `store`.
+    """Encodes the items of `collection` not in `previous`, checkpointing into `store`
+    every `checkpoint_seconds` (a table of `serving.encode_table`: every batch).
 
     Returns every code (previous ones first) and `{id: reason}` of the items skipped.
     On an error or interrupt, what was received is checkpointed before it propagates.
@@ -68,7 +70,7 @@ def encode_collection(
             bar.update(len(ids) + len(failed))
             if failures:
                 bar.set_postfix(skipped=len(failures))
-            if time.monotonic() - last_save >= _CHECKPOINT_SECONDS:
+            if time.monotonic() - last_save >= checkpoint_seconds:
                 saved, last_save = _checkpoint(store, received, saved), time.monotonic()
     finally:
         bar.close()
@@ -216,8 +218,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     add_endpoint_arguments(parser)
     parser.add_argument("--input", required=True, help=f"the images: {INPUT_FORMS}")
+    target = parser.add_mutually_exclusive_group(required=True)
+    target.add_argument("--out", help="codes file to write, e.g. codes.npz (ids, codes, packed)")
+    target.add_argument(
+        "--index",
+        help="or a PostgreSQL table to write the codes into as they come back: "
+        "postgresql://USER@HOST/DB?table=NAME (see serving.encode_table)",
+    )
     parser.add_argument(
-        "--out", required=True, help="codes file to write, e.g. codes.npz (ids, codes, packed)"
+        "--shard",
+        metavar="I/N",
+        help="with --index: encode only the I-th of N disjoint slices of the collection "
+        "(I from 0), so N encoders fill one table at once",
     )
     parser.add_argument(
         "--batch-size", type=positive(int), default=64, help="images per request (default: 64)"
@@ -237,7 +249,10 @@ def main(argv: list[str] | None = None) -> int:
         "new items; only items without codes are sent",
     )
     resume.add_argument(
-        "--overwrite", action="store_true", help="discard an existing --out and its checkpoint"
+        "--overwrite",
+        action="store_true",
+        help="discard an existing --out and its checkpoint (with --index: replace the codes "
+        "of ids already in the table instead of skipping them)",
     )
     add_verbose_argument(parser)
     args = parser.parse_args(argv)
@@ -245,6 +260,10 @@ def main(argv: list[str] | None = None) -> int:
     # SIGTERM ends the run as Ctrl-C does: checkpoint what was received, then exit.
     previous_handler = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
+        if args.index is not None or args.shard is not None:
+            from serving.encode_table import run_into_table
+
+            return run_into_table(args)
         return run(args)
     finally:
         signal.signal(signal.SIGTERM, previous_handler)

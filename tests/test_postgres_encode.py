@@ -1,0 +1,133 @@
+"""`serving.encode --index postgresql://...` against a real `serving.server` and PostgreSQL:
+shards written by two processes at once, a killed encoder resumed, idempotent writes."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import test_encode_client
+from serving_support import REPO_ROOT
+
+from harr_tf.postgres_index import open_index
+from serving.encode import main as encode_main
+
+collection = test_encode_client.collection  # its fixture of 40 real images and their codes
+
+
+def encoder(server, source, uri, *extra):
+    """`python -m serving.encode` as a real child process."""
+    command = [
+        sys.executable,
+        "-m",
+        "serving.encode",
+        "--server",
+        server,
+        "--input",
+        str(source),
+        "--index",
+        uri,
+        *extra,
+    ]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONFAULTHANDLER": "1"}
+    return subprocess.Popen(
+        command, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+
+
+def finish(process, timeout=300):
+    """The process's output once it ends; a stuck one is aborted, showing where it was."""
+    try:
+        return process.communicate(timeout=timeout)[0]
+    except subprocess.TimeoutExpired:
+        process.send_signal(signal.SIGABRT)  # faulthandler prints every thread's stack
+        pytest.fail(f"the encoder did not finish in {timeout} s:\n{process.communicate()[0]}")
+
+
+def stored(uri):
+    index = open_index(uri)
+    return index.ids, index.codes()
+
+
+def test_two_shards_at_once_fill_the_table_exactly_once(grpc_server, collection, postgres):
+    folder, ids, _, reference = collection
+    uri = postgres.uri(table="encoded_shards")
+    shards = [
+        encoder(grpc_server, folder, uri, "--shard", f"{part}/2", "--batch-size", "3")
+        for part in range(2)
+    ]
+    outputs = [finish(process) for process in shards]
+    assert [process.returncode for process in shards] == [0, 0], outputs
+    assert all("Wrote 20 codes of 20 items" in output for output in outputs), outputs
+    found, codes = stored(uri)
+    assert sorted(found) == sorted(ids)  # none lost, none twice (and ids are the primary key)
+    order = [ids.index(item) for item in found]
+    np.testing.assert_array_equal(codes, np.packbits(reference[order] > 0, axis=1))
+
+
+def test_killed_encoder_resumes_with_only_the_missing_items(
+    grpc_server, collection, postgres, tmp_path, capsys
+):
+    folder, ids, _, reference = collection
+    uri = postgres.uri(table="encoded_killed")
+    fifo = tmp_path / "stuck.png"
+    os.mkfifo(fifo)  # reading it blocks: the encoder is killed while it waits
+    listed = tmp_path / "list.txt"
+    listed.write_text("\n".join([str(folder / item) for item in ids[:25]] + [str(fifo)]))
+    process = encoder(grpc_server, listed, uri, "--batch-size", "5", "--concurrency", "1")
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            if len(open_index(uri)) == 25:
+                break
+        except FileNotFoundError:
+            pass  # the table is not created yet
+        time.sleep(0.2)
+    assert process.poll() is None, finish(process)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    everything = tmp_path / "all.txt"
+    everything.write_text("\n".join(str(folder / item) for item in ids))
+    assert (
+        encode_main(
+            ["--server", grpc_server, "--input", str(everything), "--index", uri, "--resume"]
+        )
+        == 0
+    )
+    assert "Wrote 15 codes of 15 items sent" in capsys.readouterr().out
+    found, codes = stored(uri)
+    assert found == [str(folder / item) for item in ids]
+    np.testing.assert_array_equal(codes, np.packbits(reference > 0, axis=1))
+
+
+def test_present_ids_are_skipped_or_overwritten_and_other_lengths_refused(
+    grpc_server, collection, postgres, capsys
+):
+    folder, ids, _, reference = collection
+    uri = postgres.uri(table="encoded_twice")
+    arguments = ["--server", grpc_server, "--input", str(folder), "--index", uri]
+    assert encode_main(arguments) == 0
+    assert encode_main(arguments) == 0
+    assert "Wrote 0 codes of 40 items sent" in capsys.readouterr().out
+    assert encode_main([*arguments, "--overwrite"]) == 0
+    assert "Wrote 40 codes of 40 items sent" in capsys.readouterr().out
+    found, codes = stored(uri)
+    assert found == ids
+    np.testing.assert_array_equal(codes, np.packbits(reference > 0, axis=1))
+
+    other = postgres.uri(table="encoded_other_length")
+    from harr_tf.postgres_index import PostgresIndex
+
+    PostgresIndex.build(np.zeros((1, 8), np.uint8), ["x"]).save(other)
+    with pytest.raises(SystemExit, match="holds 64-bit codes, not 16-bit ones"):
+        encode_main(["--server", grpc_server, "--input", str(folder), "--index", other])
+    with pytest.raises(SystemExit, match="--shard 2/2: expected I/N with 0 <= I < N"):
+        encode_main([*arguments, "--shard", "2/2"])
+    with pytest.raises(SystemExit, match="--shard needs --index"):
+        encode_main(
+            ["--server", grpc_server, "--input", str(folder), "--out", "x.npz", "--shard", "0/2"]
+        )
+    assert stored(other)[0] == ["x"]
