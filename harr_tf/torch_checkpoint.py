@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import collections
 import io
+import math
+import os
 import pickle
 import zipfile
 from pathlib import Path
@@ -42,7 +44,14 @@ class CheckpointError(ValueError):
     """The file is not a readable PyTorch state dict (or names a forbidden global)."""
 
 
-class _Storage:
+class _Placeholder:
+    """Refuses the pickle BUILD opcode, which would otherwise set its attributes."""
+
+    def __setstate__(self, state) -> None:
+        raise CheckpointError("the pickle sets the state of a tensor or storage")
+
+
+class _Storage(_Placeholder):
     """A storage the object pickle refers to; its bytes are attached once read."""
 
     def __init__(self, dtype: type, numel: int) -> None:
@@ -51,24 +60,24 @@ class _Storage:
         self.data: np.ndarray | None = None
 
 
-class _Tensor:
+class _Tensor(_Placeholder):
     """A tensor view of a storage, materialised once every storage is read."""
 
     def __init__(self, storage, offset, size, stride) -> None:
         if not isinstance(storage, _Storage):
             raise CheckpointError(f"a tensor's storage is not a storage (got {type(storage)})")
+        shapes = isinstance(size, tuple) and isinstance(stride, tuple) and len(size) == len(stride)
+        if not shapes or not all(isinstance(v, int) and v >= 0 for v in (offset, *size, *stride)):
+            raise CheckpointError("a tensor has an invalid offset, shape or stride")
         self.storage, self.offset, self.size, self.stride = storage, offset, size, stride
 
     def to_numpy(self, path) -> np.ndarray:
-        size, stride, offset = tuple(self.size), tuple(self.stride), self.offset
-        ints = all(isinstance(v, int) and v >= 0 for v in (offset, *size, *stride))
-        if not ints or len(size) != len(stride):
-            raise CheckpointError(f"{path}: a tensor has an invalid shape or stride")
+        size, stride, offset = self.size, self.stride, self.offset
         data = self.storage.data
         last = offset + sum((n - 1) * s for n, s in zip(size, stride, strict=True))
         if 0 in size:
             return np.zeros(size, self.storage.dtype)
-        if data is None or last >= data.size:
+        if data is None or last >= data.size or math.prod(size) > data.size:
             raise CheckpointError(f"{path}: a tensor reaches past the end of its storage")
         item = data.itemsize
         view = np.lib.stride_tricks.as_strided(
@@ -126,8 +135,10 @@ class _Unpickler(pickle.Unpickler):
 def _load_pickle(file, path, storages=None):
     try:
         return _Unpickler(file, path, storages).load()
-    except CheckpointError:
-        raise
+    except CheckpointError as error:
+        if str(path) in str(error):
+            raise
+        raise CheckpointError(f"{path}: {error}") from None
     except Exception as error:  # a damaged pickle raises any of several types
         if isinstance(error, EOFError) or "truncated" in str(error):
             raise CheckpointError(f"{path} is truncated (it ends inside a pickle)") from error
@@ -145,6 +156,7 @@ def _read_legacy(file, path) -> object:
     storages: dict[str, _Storage] = {}
     result = _load_pickle(file, path, storages)
     keys = _load_pickle(file, path)
+    remaining = os.fstat(file.fileno()).st_size - file.tell()
     if not isinstance(keys, list) or set(keys) != set(storages):
         raise CheckpointError(f"{path}: storage keys do not match the object's storages")
     for key in keys:
@@ -152,7 +164,8 @@ def _read_legacy(file, path) -> object:
         header = file.read(8)
         numel = int.from_bytes(header, "little") if len(header) == 8 else -1
         nbytes = storage.numel * storage.dtype.itemsize
-        body = file.read(nbytes) if numel == storage.numel else b""
+        remaining -= 8 + nbytes
+        body = file.read(nbytes) if numel == storage.numel and remaining >= 0 else b""
         if len(body) != nbytes:
             raise CheckpointError(f"{path} is truncated (storage {key} is incomplete)")
         storage.data = np.frombuffer(body, storage.dtype)

@@ -53,12 +53,14 @@ def state():
 
 # A writer of PyTorch's legacy format, from pickle alone, naming the same globals torch does.
 class _Storage:
-    def __init__(self, array):
+    def __init__(self, array, claimed_size=None):
         self.array = np.ascontiguousarray(array, np.float32).reshape(-1)
+        self.claimed_size = claimed_size or self.array.size  # what the object pickle says
 
 
 class _Tensor:
-    def __init__(self, array, stride=None, offset=0, storage=None):
+    def __init__(self, array, stride=None, offset=0, storage=None, state=None):
+        self.state = state  # a BUILD of the rebuilt tensor, which torch never writes
         self.shape = tuple(np.shape(array))
         self.storage = storage or _Storage(array)
         self.stride = stride or tuple(int(s) // 4 for s in np.zeros(self.shape, "f4").strides)
@@ -73,7 +75,7 @@ class _Tensor:
             False,
             collections.OrderedDict(),
         )
-        return _rebuild_tensor_v2, args
+        return (_rebuild_tensor_v2, args) + ((self.state,) if self.state else ())
 
 
 def _rebuild_tensor_v2(*args):
@@ -110,7 +112,7 @@ class _TorchPickler(pickle._Pickler):
             return None
         key = str(id(obj))
         self.storages[key] = obj
-        return ("storage", FloatStorage, key, "cpu", obj.array.size, None)
+        return ("storage", FloatStorage, key, "cpu", obj.claimed_size, None)
 
 
 def _wrap_tensors(tensors: dict) -> collections.OrderedDict:
@@ -252,6 +254,19 @@ def test_a_tensor_reaching_past_its_storage_is_refused(tmp_path):
     write_legacy_pth(path, {"w": _Tensor(np.zeros((4, 4)), storage=_Storage(np.zeros(8)))})
     with pytest.raises(CheckpointError, match="past the end"):
         load_state_dict(path)
+    # A storage claiming more bytes than the file holds is not read (nor allocated).
+    huge = _Storage(np.zeros(8), claimed_size=10**13)
+    write_legacy_pth(path, {"w": _Tensor(np.zeros(8), storage=huge)})
+    with pytest.raises(CheckpointError, match="truncated"):
+        load_state_dict(path)
+
+
+def test_a_pickle_setting_a_tensors_attributes_is_refused(tmp_path):
+    path = tmp_path / "build.pth"
+    write_legacy_pth(path, {"w": _Tensor(np.zeros(4), state={"offset": 10**9})})
+    with pytest.raises(CheckpointError, match="sets the state") as error:
+        load_state_dict(path)
+    assert str(path) in str(error.value)
 
 
 @pytest.mark.parametrize(
