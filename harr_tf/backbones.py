@@ -184,8 +184,10 @@ def build_backbone(
     if name == "small_cnn":
         if weights == "imagenet":
             raise ValueError(
-                "small_cnn has no ImageNet weights: pass --weights none, or the "
-                "backbone.weights.h5 of `python -m harr_tf.pretrain`. Received: weights='imagenet'"
+                "small_cnn has no ImageNet weights: pass --weights none, the "
+                "backbone.weights.h5 of `python -m harr_tf.pretrain`, or a backbone with "
+                f"ImageNet weights offline ({', '.join(OFFLINE_WEIGHTS)}). "
+                "Received: weights='imagenet'"
             )
         model = small_cnn(input_shape, width, pooling)
         resolved = _resolve_weights(weights)
