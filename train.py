@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import logging
 import os
 import sys
@@ -64,8 +65,8 @@ FLAGS = [
         None,
         "batch_size",
         int,
-        "images per training batch (default: 128 up to 96x96 px, fewer above so a run "
-        "fits 24 GB: 32 at 224x224)",
+        "images per training batch (default: as many as the network's cost per image "
+        "fits in --memory-budget, at most 128)",
     ),
     (
         "--train-size",
@@ -112,8 +113,16 @@ FLAGS = [
         None,
         "encode_batch_size",
         int,
-        "images per batch when encoding and extracting WTA features (default: 512 at "
-        "64x64 or smaller, fewer for larger images: 32 at 224x224)",
+        "images per batch when encoding and extracting WTA features (default: as many "
+        "as the network's cost per image fits in --memory-budget, at most 512)",
+    ),
+    (
+        "--memory-budget",
+        None,
+        "memory_budget",
+        float,
+        "GB the default batches are sized to fit; a batch past it runs again in halves "
+        "(default: a third of the machine's memory)",
     ),
     (
         "--steps-per-execution",
@@ -139,6 +148,24 @@ FLAGS = [
         lambda s: s.lower() in ("1", "true", "yes"),
         "true (default): the trained backbone starts from --weights, as the WTA teacher "
         "does; false: from seeded random weights (the teacher keeps --weights)",
+    ),
+    (
+        "--student",
+        "model",
+        "student",
+        str,
+        "how a pretrained --backbone is used: frozen (the hash head trains on the backbone's "
+        "cached features; default for pretrained backbones, fast on a CPU) | fine_tuned "
+        "(backbone and head train together, the paper; for GPUs) | distilled (small_cnn "
+        "learns from the backbone's WTA structure; needs --wta-features backbone)",
+    ),
+    (
+        "--feature-rounds",
+        "model",
+        "feature_rounds",
+        int,
+        "frozen student: rounds of augmented views (A, B, W) of each training image whose "
+        "backbone features are cached (default 2)",
     ),
     ("--width", "model", "width", int, "small_cnn channels of the first stage"),
     (
@@ -206,6 +233,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--run-dir", help="run directory (default: runs/<date-time>)")
     parser.add_argument(
         "--resume", action="store_true", help="continue the run in --run-dir from its last epoch"
+    )
+    parser.add_argument(
+        "--wait",
+        action="store_true",
+        help="when another process trains in --run-dir, wait for it instead of stopping",
+    )
+    parser.add_argument(
+        "--nondeterministic",
+        action="store_true",
+        help="skip TensorFlow's op determinism (on for reproducible codes; a GPU op without "
+        "a deterministic kernel then stops the run, naming this flag)",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument(
@@ -276,15 +314,35 @@ def check_writable(run_dir: str) -> None:
         ) from None
 
 
+def lock_run_dir(run_dir: str, wait: bool) -> None:
+    """Makes this process the run directory's only writer until it ends (`harr_tf.locks`):
+    a second train.py into it stops naming the holder, or with `wait` waits for it."""
+    from harr_tf.locks import LockHeld, exclusive
+
+    try:
+        exclusive(run_dir).acquire()
+    except LockHeld as held:
+        if not wait:
+            raise SystemExit(f"{held} Wait for it to end, or pass --wait.") from None
+        logging.getLogger("harr_tf").info("%s Waiting for it (--wait).", held)
+        exclusive(run_dir, wait=True).acquire()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     from harr_tf.quiet import quiet_tensorflow
 
     quiet_tensorflow(args.verbose)
+    import keras
+    import tensorflow as tf
+
+    if not args.nondeterministic:  # the same seed and settings give the same codes
+        tf.config.experimental.enable_op_determinism()
     from harr_tf import distribute, precision
     from harr_tf.backbones import WeightsUnavailableError
     from harr_tf.report import results_table
+    from harr_tf.resume import resume_advice, stop_on_sigterm
     from harr_tf.run import run
     from harr_tf.training import TrainingDiverged
 
@@ -297,23 +355,46 @@ def main(argv: list[str] | None = None) -> int:
         precision.set_precision(args.mixed_precision, config.model.backbone)
     except ValueError as error:
         raise SystemExit(f"Invalid configuration: {error}") from None
+    # With op determinism, the same seed and settings give the same codes on this machine.
+    keras.utils.set_random_seed(config.seed)
     if args.distribute == "multi-worker" and not args.run_dir:
         raise SystemExit("--distribute multi-worker needs --run-dir, on storage every worker sees.")
     run_dir = args.run_dir or os.path.join("runs", time.strftime("%Y%m%d-%H%M%S"))
     if not distribute.is_chief(strategy):
         run_dir = distribute.worker_run_dir(run_dir, config.bits)
+    check_writable(run_dir)
+    lock_run_dir(run_dir, args.wait)  # held until the process ends
     if os.path.exists(os.path.join(run_dir, "config.yaml")) and not args.resume:
         raise SystemExit(
             f"{run_dir} already holds a run: pass --resume to continue it, or another --run-dir."
         )
-    check_writable(run_dir)
     logging.getLogger("harr_tf").info(
         "Run directory: %s\n%s", run_dir, yaml.safe_dump(dataclasses.asdict(config))
     )
+    stop_on_sigterm()
     try:
         metrics = run(config, run_dir, verbose=0 if args.quiet else 1, strategy=strategy)
     except (TrainingDiverged, WeightsUnavailableError, ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
+        return 1
+    except tf.errors.UnimplementedError as error:
+        if "eterminis" not in error.message:
+            raise
+        first = error.message.splitlines()[0]
+        print(f"error: {first} Rerun with --nondeterministic.", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt as stop:
+        print(f"Stopped by {str(stop) or 'Ctrl-C'}. {resume_advice(run_dir)}", file=sys.stderr)
+        return 130
+    except OSError as error:
+        if error.errno != errno.ENOSPC:
+            raise
+        where = f": {error.filename}" if error.filename else ""
+        print(
+            f"error: disk full ({error.strerror}{where}); free some space. Nothing written "
+            f"so far is lost. {resume_advice(run_dir)}",
+            file=sys.stderr,
+        )
         return 1
     if metrics["results"]:
         print(results_table(metrics))
@@ -322,4 +403,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:  # while starting, before the run began: nothing written
+        print("Stopped by Ctrl-C before training began.", file=sys.stderr)
+        sys.exit(130)

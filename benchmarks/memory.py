@@ -1,9 +1,11 @@
 """Peak RSS of `train.py` (one short epoch and the full evaluation) on generated JPEG
-folders, per collection size and per backbone, and images/s of the input pipeline
-against the training step at the default image size.
+folders, per collection size and per backbone; peak RSS of each stage (training, the
+WTA teacher pass, encoding) per backbone and image size at the batches the memory
+budget chooses; and images/s of the input pipeline against the training step.
 
     .venv/bin/python benchmarks/memory.py --sizes 2000,20000
     .venv/bin/python benchmarks/memory.py --sizes 2000 --backbones small_cnn,resnet50
+    .venv/bin/python benchmarks/memory.py --sizes 256 --stages training,teacher --backbones vgg16
 
 The folders (10 classes, 256 x 256 JPEGs) are generated once under --root. Every run
 trains on the same number of images (--train-size), so the runs of one backbone differ
@@ -15,6 +17,7 @@ backbone too large for the machine at the asked batch does not wake the OOM kill
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -63,10 +66,40 @@ def current_rss(pid: int) -> float:
     return 0.0
 
 
+def watch(command: list[str], max_rss_gb: float) -> tuple[float, float, str, str]:
+    """Peak RSS (GB), seconds, how it ended ("" when it finished, "over" when stopped for
+    passing `max_rss_gb`, "out of memory" when an allocation failed, else "failed") and
+    the stdout of `command`, whose stderr is printed when it fails."""
+    with tempfile.TemporaryFile() as log, tempfile.TemporaryFile() as out:
+        start = time.perf_counter()
+        process = subprocess.Popen(command, stdout=out, stderr=log)
+        stopped = False
+        while True:
+            pid, status, usage = os.wait4(process.pid, os.WNOHANG)
+            if pid:
+                break
+            if not stopped and current_rss(process.pid) > max_rss_gb:
+                process.kill()
+                stopped = True
+            time.sleep(0.2)
+        seconds = time.perf_counter() - start
+        log.seek(0)
+        errors = log.read().decode(errors="replace")
+        out.seek(0)
+        output = out.read().decode(errors="replace")
+    rss = usage.ru_maxrss / 2**20  # ru_maxrss is in KiB on Linux
+    if stopped:
+        return rss, seconds, "over", output
+    if status != 0:
+        print(f"{' '.join(command[1:])} failed:\n{errors[-3000:]}", file=sys.stderr)
+        memory = any(sign in errors for sign in ("bad_alloc", "MemoryError", "OOM"))
+        return rss, seconds, "out of memory" if memory else "failed", output
+    return rss, seconds, "", output
+
+
 def peak_rss(folder: Path, backbone: str, args: argparse.Namespace) -> tuple[float, float, str]:
     """Peak RSS (GB) and seconds of one `train.py` run of `backbone` on `folder`, and
-    how it ended: "" when it finished, "over" when stopped for passing `--max-rss-gb`,
-    "out of memory" when an allocation failed, else "failed" (its log on stderr)."""
+    how it ended (`watch`)."""
     run_dir = tempfile.mkdtemp(prefix="harr_memory_run_")
     command = [
         sys.executable,
@@ -78,31 +111,7 @@ def peak_rss(folder: Path, backbone: str, args: argparse.Namespace) -> tuple[flo
         *(("--image-size", str(args.image_size)) if args.image_size else ()),
         *("--run-dir", run_dir, "--quiet"),
     ]
-    with tempfile.TemporaryFile() as log:
-        start = time.perf_counter()
-        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log)
-        stopped = False
-        while True:
-            pid, status, usage = os.wait4(process.pid, os.WNOHANG)
-            if pid:
-                break
-            if not stopped and current_rss(process.pid) > args.max_rss_gb:
-                process.kill()
-                stopped = True
-            time.sleep(0.2)
-        seconds = time.perf_counter() - start
-        log.seek(0)
-        errors = log.read().decode(errors="replace")
-    rss = usage.ru_maxrss / 2**20  # ru_maxrss is in KiB on Linux
-    if stopped:
-        return rss, seconds, "over"
-    if status != 0:
-        print(
-            f"train.py --backbone {backbone} failed on {folder}:\n{errors[-3000:]}", file=sys.stderr
-        )
-        memory = any(sign in errors for sign in ("bad_alloc", "MemoryError", "OOM"))
-        return rss, seconds, "out of memory" if memory else "failed"
-    return rss, seconds, ""
+    return watch(command, args.max_rss_gb)[:3]
 
 
 def image_size(folder: Path, backbone: str, requested: int | None) -> int:
@@ -120,7 +129,7 @@ def pipeline_speed(folder: Path, batches: int) -> tuple[float, float]:
     import tensorflow as tf
 
     from harr_tf.config import TrainConfig
-    from harr_tf.run import build_wta_structure, load_run_data
+    from harr_tf.run_data import build_wta_structure, load_run_data
     from harr_tf.training import new_model, training_stream, with_batch_size
 
     config = TrainConfig(dataset=f"folder:{folder}", bits=(16,), train_size=1000)
@@ -141,6 +150,46 @@ def pipeline_speed(folder: Path, batches: int) -> tuple[float, float]:
     model.fit(steady, epochs=1, steps_per_epoch=batches, verbose=0)
     step = batches * config.batch_size / (time.perf_counter() - start)
     return pipeline, step
+
+
+def stage_table(folder: Path, backbones: list[str], args: argparse.Namespace) -> None:
+    """Prints, per backbone, image size and stage, the batch the memory budget chose (or
+    --batch-size), the RSS before the stage, its peak, the estimate the batch was chosen
+    by, and the seconds."""
+    print(f"\nstages of {args.images} images ({args.steps} training steps), {folder.name}")
+    print(
+        f"{'backbone':<15} {'image':>6} {'stage':<9} {'batch':>6} {'before GB':>10} "
+        f"{'peak GB':>8} {'estimate GB':>12} {'seconds':>8}"
+    )
+    for backbone in backbones:
+        sides = [
+            image_size(folder, backbone, None if size == "default" else int(size))
+            for size in args.image_sizes.split(",")
+        ]
+        for side in dict.fromkeys(sides):
+            for stage in args.stages.split(","):
+                command = [
+                    sys.executable,
+                    str(ROOT / "benchmarks" / "memory_stage.py"),
+                    stage,
+                    *("--folder", str(folder), "--backbone", backbone),
+                    *("--image-size", str(side), "--images", str(args.images)),
+                    *("--steps", str(args.steps)),
+                    *(("--batch-size", str(args.batch_size)) if args.batch_size else ()),
+                    *(("--memory-budget", str(args.memory_budget)) if args.memory_budget else ()),
+                ]
+                rss, seconds, ended, output = watch(command, args.max_rss_gb)
+                if ended:
+                    peak = {"over": f"> {args.max_rss_gb:.1f}"}.get(ended, ended)
+                    print(f"{backbone:<15} {side:>6} {stage:<9} {'':>6} {'':>10} {peak:>8}")
+                    continue
+                found = json.loads(output.strip().splitlines()[-1])
+                print(
+                    f"{backbone:<15} {side:>6} {stage:<9} {found['batch']:>6} "
+                    f"{found['before_gb']:>10.2f} {found['peak_gb']:>8.2f} "
+                    f"{found['estimate_gb']:>12.2f} {seconds:>8.0f}",
+                    flush=True,
+                )
 
 
 def main() -> None:
@@ -167,10 +216,26 @@ def main() -> None:
     parser.add_argument(
         "--batches", type=int, default=10, help="batches timed for images/s (0: skip)"
     )
+    parser.add_argument(
+        "--stages",
+        help="comma-separated stages of memory_stage.py (training,teacher,encoding): the "
+        "peak RSS of each in its own process, per backbone and --image-sizes, on the first "
+        "--sizes folder, instead of whole train.py runs",
+    )
+    parser.add_argument(
+        "--image-sizes", default="default,64", help="with --stages: 'default' is the backbone's"
+    )
+    parser.add_argument(
+        "--images", type=int, default=64, help="with --stages: images each stage reads"
+    )
+    parser.add_argument("--memory-budget", type=float, help="with --stages: GB (default: 1/3 RAM)")
     args = parser.parse_args()
     sizes = [int(size) for size in args.sizes.split(",")]
     backbones = args.backbones.split(",")
     folders = [make_folder(Path(args.root), size, args.side) for size in sizes]
+    if args.stages:
+        stage_table(folders[0], backbones, args)
+        return
     print(f"\ntrain.py, {args.steps} steps + full evaluation, {args.side}-px JPEG folders")
     print(
         f"{'backbone':<15} {'image':>6} {'batch':>6} {'images':>8} {'peak RSS GB':>13} "

@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from harr_tf.config import ModelConfig, TrainConfig, WTAConfig
 from harr_tf.features import FEATURE_SOURCES
-from harr_tf.run import build_wta_structure, load_run_data
+from harr_tf.run_data import build_wta_structure, load_run_data
 from harr_tf.wta import batch_similarity
 
 FRACTIONS = (0.01, 0.05, 0.1)

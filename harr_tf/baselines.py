@@ -50,12 +50,27 @@ def train_hasher(
         rotation = faiss.RandomRotationMatrix(dim, bits)
         rotation.init(seed)
         return lambda x: rotation.apply(np.ascontiguousarray(x - mean, dtype=np.float32))
-    pca = faiss.PCAMatrix(dim, bits)
-    pca.train(features)
     if method == "pcah":
+        pca = faiss.PCAMatrix(dim, bits)
+        pca.train(features)
         return lambda x: pca.apply(np.ascontiguousarray(x, dtype=np.float32))
-    rotation = itq_rotation(pca.apply(features), seed=seed).astype(np.float32)
-    return lambda x: pca.apply(np.ascontiguousarray(x, dtype=np.float32)) @ rotation
+    weights, bias = itq_linear(features, bits, seed)
+    return lambda x: np.asarray(x, np.float32) @ weights + bias
+
+
+def itq_linear(
+    train_features: np.ndarray, bits: int, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """ITQ as one affine map x ↦ x W + b, W (d, bits), b (bits,): FAISS's PCA (centring
+    and the top `bits` directions), then `itq_rotation`. A dense layer with these
+    weights hashes exactly as ITQ does (the frozen student's head starts there)."""
+    features = np.ascontiguousarray(train_features, dtype=np.float32)
+    pca = faiss.PCAMatrix(features.shape[1], bits)
+    pca.train(features)
+    projection = faiss.vector_to_array(pca.A).reshape(bits, -1).T  # (d, bits)
+    offset = faiss.vector_to_array(pca.b)
+    rotation = itq_rotation(features @ projection + offset, seed=seed)
+    return (projection @ rotation).astype(np.float32), (offset @ rotation).astype(np.float32)
 
 
 def itq_rotation(projected: np.ndarray, iterations: int = 50, seed: int = 0) -> np.ndarray:

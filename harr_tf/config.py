@@ -61,14 +61,54 @@ class ModelConfig:
     # The student's backbone starts from `weights` (as the WTA teacher does) or from
     # seeded random weights, so a pretrained teacher can be measured with and without.
     init_from_teacher: bool = True
+    # How a pretrained `backbone` is used (DESIGN §5 "Students"): "frozen" trains the
+    # head on its cached features, "fine_tuned" trains it too (the paper; for GPUs),
+    # "distilled" trains small_cnn (width, pooling) from its WTA structure. None: the
+    # backbone's default (`default_student`).
+    student: str | None = None
+    feature_rounds: int = 2  # frozen: rounds of cached views (A, B, W) per training image
 
     def __post_init__(self) -> None:
         validate_pooling(self.pooling)
+        if self.student is not None and self.student not in STUDENTS:
+            raise ValueError(
+                f"Unknown student. Expected one of {STUDENTS}. Received: student={self.student!r}"
+            )
+        if self.backbone == "small_cnn" and self.student not in (None, "fine_tuned"):
+            raise ValueError(
+                f"--student {self.student} needs a pretrained --backbone (e.g. "
+                "efficientnet_lite0 --weights imagenet); small_cnn is always trained whole."
+            )
+        if self.feature_rounds < 1:
+            raise ValueError(
+                f"`feature_rounds` must be >= 1. Received: feature_rounds={self.feature_rounds}"
+            )
+
+    @property
+    def student_mode(self) -> str:
+        """`student`, or the backbone's default when None."""
+        return self.student or default_student(self.backbone)
+
+    @property
+    def trained_backbone(self) -> str:
+        """The network the run trains and exports: small_cnn for a distilled student."""
+        return "small_cnn" if self.student_mode == "distilled" else self.backbone
 
     @property
     def student_weights(self) -> str:
         """The weights the trained network starts from: `weights`, or "none"."""
+        if self.student_mode == "distilled":
+            return "none"
         return self.weights if self.init_from_teacher else "none"
+
+
+STUDENTS = ("frozen", "fine_tuned", "distilled")
+
+
+def default_student(backbone: str) -> str:
+    """small_cnn trains whole; a pretrained backbone stays frozen, since fine-tuning it
+    costs a CPU about a hundred times more per step (docs/experiments.md)."""
+    return "fine_tuned" if backbone == "small_cnn" else "frozen"
 
 
 # The contrastive loss needs several negatives per image in each batch.
@@ -96,6 +136,8 @@ class TrainConfig:
     weight_decay: float = 1e-5
     eval_every: int = 10
     encode_batch_size: int | None = None  # None: harr_tf.data.image_size's default
+    # GB the batches are sized for (harr_tf.memory_budget); None: a third of the machine's.
+    memory_budget: float | None = None
     # Training steps per call into the compiled loop: Keras reads the logs on the host
     # after each call, so on a GPU more steps per call mean fewer waits.
     steps_per_execution: int = 1
@@ -107,6 +149,11 @@ class TrainConfig:
     augment: AugmentConfig = AugmentConfig()
 
     def __post_init__(self) -> None:
+        if self.model.student_mode == "distilled" and self.wta.features != "backbone":
+            raise ValueError(
+                "--student distilled learns from the pretrained backbone's WTA structure: "
+                f"pass --wta-features backbone. Received: wta features={self.wta.features!r}"
+            )
         for bits in self.bits:
             validate_bits(bits)
         if len(set(self.bits)) != len(self.bits):
@@ -137,6 +184,10 @@ class TrainConfig:
         if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
             raise ValueError(
                 f"`steps_per_epoch` must be >= 1. Received: steps_per_epoch={self.steps_per_epoch}"
+            )
+        if self.memory_budget is not None and not self.memory_budget > 0:
+            raise ValueError(
+                f"`memory_budget` must be > 0 (GB). Received: memory_budget={self.memory_budget}"
             )
         if self.batch_size is not None and self.batch_size < MIN_BATCH_SIZE:
             raise ValueError(

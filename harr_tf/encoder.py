@@ -12,6 +12,7 @@ from harr_tf.backbones import build_backbone
 from harr_tf.config import ModelConfig
 from harr_tf.data.image_size import inference_batch_size
 from harr_tf.layers import HashHead, sign_codes
+from harr_tf.memory_budget import HalvingBatches, network_name
 
 
 def build_encoder(
@@ -25,7 +26,7 @@ def build_encoder(
     """
     config = config or ModelConfig()
     backbone = build_backbone(
-        config.backbone, input_shape, config.student_weights, config.width, config.pooling
+        config.trained_backbone, input_shape, config.student_weights, config.width, config.pooling
     )
     inputs = keras.Input(input_shape, name="pixels")
     codes = HashHead(bits, beta=config.beta, name="hash_head")(backbone(inputs))
@@ -45,19 +46,25 @@ def encode_images(
 
     `images` is an (n, H, W, C) array or a `tf.data.Dataset` of single (H, W, C) images
     (`ImageDataset.images(indices)`), read batch by batch: only the codes are kept.
-    `batch_size` None: `inference_batch_size` of the image size.
+    `batch_size` None: `inference_batch_size` of the encoder; a batch that runs out of
+    memory is encoded in halves (`HalvingBatches`).
     """
     if isinstance(images, np.ndarray):
         images = tf.data.Dataset.from_tensor_slices(images)
-    batch_size = inference_batch_size(images.element_spec.shape, batch_size)
+    batch_size = inference_batch_size(encoder, batch_size)
     count = int(images.cardinality())
     batches = images.batch(batch_size).map(lambda batch: tf.cast(batch, tf.float32))
     total = -(-count // batch_size) if count >= 0 else None
+
+    def encode(batch: tf.Tensor) -> np.ndarray:
+        h = encoder(batch, training=False)
+        return keras.ops.convert_to_numpy(h if continuous else sign_codes(h))
+
+    halving = HalvingBatches(batch_size, "Encoding", network_name(encoder))
     codes = []
     for batch in tqdm(
         batches.prefetch(tf.data.AUTOTUNE), "encoding", total, unit="batch", disable=not progress
     ):
-        h = encoder(batch, training=False)
-        codes.append(keras.ops.convert_to_numpy(h if continuous else sign_codes(h)))
+        codes.append(halving(encode, batch))
     dtype = np.float32 if continuous else np.int8
     return np.concatenate(codes) if codes else np.zeros((0, encoder.output_shape[-1]), dtype)

@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from harr_tf.data.feature_file import read_feature_file
 from harr_tf.data.image_size import inference_batch_size
+from harr_tf.memory_budget import HalvingBatches, network_name
 from harr_tf.wta import encode_wta, make_permutation_table
 
 # Binomial approximation of a Gaussian with σ ≈ 1 pixel.
@@ -119,6 +120,7 @@ def wta_codes(
     window: int,
     seed: int,
     network: keras.Model | None = None,
+    features: np.ndarray | None = None,
     progress: bool = False,
     batch_size: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -132,14 +134,17 @@ def wta_codes(
         num_permutations, window: P and K.
         seed: seed of the permutation table.
         network: for "backbone", the model mapping pixels to (batch, d) features.
+        features: for "backbone", the network's (n, d) features of the items when
+            already computed (the frozen student's), instead of `network`.
         progress: show a progress bar per pass over the images.
         batch_size: images per batch through `network` (`--encode-batch-size`; None:
-            `inference_batch_size` of the image size).
+            `inference_batch_size` of the network), halved if a batch runs out of memory.
     """
     validate_feature_source(source)
     indices = np.asarray(indices, np.int64)
-    if source.startswith("file:"):
-        features = read_feature_file(source[5:], dataset.ids, indices)
+    if source.startswith("file:") or (source == "backbone" and features is not None):
+        if features is None:
+            features = read_feature_file(source[5:], dataset.ids, indices)
         dim = features.shape[1]
         batches = (features[s : s + _BATCH] for s in range(0, len(features), _BATCH))
     else:
@@ -165,11 +170,15 @@ def _image_features(
         if network is None:
             raise ValueError("The 'backbone' WTA source needs the backbone network.")
 
+        def features(batch: np.ndarray) -> np.ndarray:
+            found = network(batch.astype(np.float32), training=False)
+            return keras.ops.convert_to_numpy(found).reshape(len(batch), -1)
+
         def network_batches() -> Iterator[np.ndarray]:
-            size = inference_batch_size(dataset.image_shape, batch_size)
+            size = inference_batch_size(network, batch_size)
+            halving = HalvingBatches(size, "The WTA teacher pass", network_name(network))
             for batch in passes("WTA features (backbone)", size):
-                features = network(batch.astype(np.float32), training=False)
-                yield keras.ops.convert_to_numpy(features).reshape(len(batch), -1)
+                yield halving(features, batch)
 
         return int(np.prod(network.output_shape[1:])), network_batches()
     dim = int(np.prod(dataset.image_shape))

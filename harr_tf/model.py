@@ -162,13 +162,21 @@ class HarrModel(keras.Model):
             scaled = self.optimizer.scale_loss(losses["loss"] / replicas)
         variables = self.encoder.trainable_variables
         gradients = tape.gradient(scaled, variables)
-        backbone = {id(v) for v in self.encoder.get_layer("backbone").trainable_variables}
+        backbone = {id(v) for v in self.backbone_variables()}
         gradients = [
             g * self.backbone_lr_multiplier if id(v) in backbone else g
             for g, v in zip(gradients, variables, strict=True)
         ]
         self.optimizer.apply_gradients(zip(gradients, variables, strict=True))
         return self._track(losses)
+
+    def backbone_variables(self) -> list:
+        """The trainable weights of the encoder's "backbone" sub-model; none when the
+        encoder is a head on cached features (the frozen student)."""
+        names = {layer.name for layer in self.encoder.layers}
+        if "backbone" not in names:
+            return []
+        return self.encoder.get_layer("backbone").trainable_variables
 
     def test_step(self, batch: dict) -> dict:
         return self._track(self.compute_losses(batch, training=False))

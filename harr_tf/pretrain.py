@@ -9,13 +9,15 @@ Trains `backbone → projector` on two views of each training image (HARR's view
 with SimCLR, Barlow Twins or VICReg (`harr_tf.pretrain_losses`), from the protocol's
 training split or every database image (`--images database`); the query set never. The
 run directory holds `pretrain.yaml` (what was pretrained on what), TensorBoard logs,
-Keras's `BackupAndRestore` state (a killed run resumes from its last epoch with the same
-command) and, at the end, `backbone.weights.h5`. A finished run is not trained again.
+the last epoch's checkpoint in `backup/` (`LastGoodCheckpoint`, as train.py's: a killed run
+resumes from its last epoch with the same command) and, at the end, `backbone.weights.h5`.
+A finished run is not trained again; one process at a time works in a directory.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import math
 import os
@@ -27,6 +29,7 @@ WEIGHTS_FILE = "backbone.weights.h5"
 METHODS = ("simclr", "barlow_twins", "vicreg")
 # What a pretraining run is bound to: resuming or reusing it with other values is refused.
 IDENTITY = ("dataset", "image_shape", "backbone", "width", "pooling", "method", "images")
+_RESUME = "The last epoch's checkpoint is kept: the same command resumes from it."
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -69,8 +72,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.minutes is None and args.epochs is None:
         parser.error("give the budget: --minutes M or --epochs E")
-    if args.minutes is not None and not args.minutes > 0:
-        parser.error(f"--minutes must be > 0. Received: {args.minutes:g}")
+    if args.minutes is not None and not 0 < args.minutes < math.inf:
+        parser.error(f"--minutes must be a number > 0 (not inf). Received: {args.minutes:g}")
     for name in ("epochs", "steps_per_epoch", "train_size", "batch_size", "projector_dim"):
         value = getattr(args, name)
         if value is not None and value < 1:
@@ -145,13 +148,14 @@ def run(args: argparse.Namespace) -> str:
     import keras
     import yaml
 
-    from harr_tf.atomic import write_text_atomically
+    from harr_tf.atomic import atomic_path, write_text_atomically
     from harr_tf.backbones import build_backbone
+    from harr_tf.callbacks import LastGoodCheckpoint, checkpoint_bytes
     from harr_tf.config import ModelConfig, TrainConfig
     from harr_tf.data.augment import ViewAugmenter
     from harr_tf.data.pipeline import training_dataset
     from harr_tf.pretrain_model import PretrainBudget
-    from harr_tf.run import load_run_data
+    from harr_tf.run_data import load_run_data
 
     model_config = ModelConfig(backbone=args.backbone, width=args.width, pooling=args.pooling)
     config = TrainConfig(
@@ -175,6 +179,7 @@ def run(args: argparse.Namespace) -> str:
         "images": args.images,
     }
     os.makedirs(args.out, exist_ok=True)
+    lock_directory(args.out)
     described = os.path.join(args.out, PRETRAIN_FILE)
     check_identity(described, identity)
     weights = os.path.join(args.out, WEIGHTS_FILE)
@@ -197,13 +202,17 @@ def run(args: argparse.Namespace) -> str:
         optimizer=keras.optimizers.SGD(budget.learning_rate, momentum=0.9, weight_decay=1e-5)
     )
     augmenter = ViewAugmenter(shape, seed=args.seed, views=("a", "b"))
-    stream = training_dataset(data.dataset, indices, augmenter, args.batch_size, seed=args.seed)
+    backup = os.path.join(args.out, "backup")
+    done = LastGoodCheckpoint.completed_epochs(backup)
+    stream = training_dataset(
+        data.dataset, indices, augmenter, args.batch_size, seed=args.seed, start_step=done * steps
+    )
     history = model.fit(
         stream,
         epochs=args.epochs or 10**6,  # a time budget stops it
         steps_per_epoch=steps,
         callbacks=[
-            keras.callbacks.BackupAndRestore(os.path.join(args.out, "backup")),
+            LastGoodCheckpoint(backup),
             budget,  # before TensorBoard, which then logs the learning rate it set
             keras.callbacks.TensorBoard(os.path.join(args.out, "logs")),
             keras.callbacks.TerminateOnNaN(),
@@ -217,10 +226,21 @@ def run(args: argparse.Namespace) -> str:
             f"The {args.method} loss became NaN/inf; nothing was written as {WEIGHTS_FILE}. "
             "Lower --learning-rate and run again with another --out."
         )
-    staging = os.path.join(args.out, f".saving-{os.getpid()}.weights.h5")
-    backbone.save_weights(staging)
-    os.replace(staging, weights)
+    with atomic_path(weights, checkpoint_bytes(backbone)) as temporary:
+        backbone.save_weights(temporary)
     return weights
+
+
+def lock_directory(out: str) -> None:
+    """Makes this process the only one pretraining in `out` until it ends."""
+    from harr_tf.atomic import remove_leftovers
+    from harr_tf.locks import LockHeld, exclusive
+
+    try:
+        exclusive(out).acquire()
+    except LockHeld as held:
+        raise SystemExit(f"{held} Wait for it to end, or stop it.") from None
+    remove_leftovers(out)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -229,10 +249,21 @@ def main(argv: list[str] | None = None) -> int:
     from harr_tf.quiet import quiet_tensorflow
 
     quiet_tensorflow(args.verbose)
+    from harr_tf.resume import stop_on_sigterm
+
+    stop_on_sigterm()
     try:
         weights = run(args)
     except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt as stop:
+        print(f"Stopped by {str(stop) or 'Ctrl-C'}. {_RESUME}", file=sys.stderr)
+        return 130
+    except OSError as error:
+        if error.errno != errno.ENOSPC:
+            raise
+        print(f"error: disk full: {error}. {_RESUME}", file=sys.stderr)
         return 1
     print(f"Pretrained backbone: {weights}")
     print(

@@ -32,6 +32,14 @@ def read_metrics(path: str, config: TrainConfig, top_k: int | None) -> dict:
     return {"dataset": config.dataset, "top_k": top_k, "results": {}, "baselines": {}}
 
 
+# A frozen student's yardsticks (harr_tf.run.feature_baseline_maps): name and note.
+FEATURE_ROWS = {
+    "pcah_features": ("PCAH-F", "on the backbone's features"),
+    "itq_features": ("ITQ-F", "on the backbone's features"),
+    "exact_cosine": ("COSINE-F", "the backbone's features, uncompressed"),
+}
+
+
 def results_table(metrics: dict) -> str:
     """mAP@K of HARR next to the baselines, one column per code length."""
     bits = sorted(metrics["results"], key=int)
@@ -43,10 +51,14 @@ def results_table(metrics: dict) -> str:
     if any(value is not None for value in asymmetric):
         cells = "".join(f"{'-':>10}" if v is None else f"{v:>10.3f}" for v in asymmetric)
         lines.append(f"{'HARR-AS':<8}{cells}   (queries' continuous codes)")
-    for method in METHODS:
+    on_features = any(method in metrics["baselines"] for method in FEATURE_ROWS)
+    pixels = "on pixels" if on_features else ""
+    rows = [(method, method.upper(), pixels) for method in METHODS]
+    rows += [(m, *row) for m, row in FEATURE_ROWS.items() if m in metrics["baselines"]]
+    for method, name, note in rows:
         values = metrics["baselines"].get(method, {})
         cells = "".join(f"{values[b]:>10.3f}" if b in values else f"{'-':>10}" for b in bits)
-        lines.append(f"{method.upper():<8}{cells}")
+        lines.append(f"{name:<8}{cells}" + (f"   ({note})" if note else ""))
     return "\n".join(lines)
 
 

@@ -19,20 +19,19 @@ import yaml
 from tqdm import tqdm
 
 from harr_tf import report
-from harr_tf.atomic import write_json_atomically
-from harr_tf.backbones import build_backbone
-from harr_tf.baselines import evaluate_baselines
+from harr_tf.atomic import atomic_path, write_json_atomically, write_text_atomically
+from harr_tf.baselines import evaluate_baselines, exact_map
 from harr_tf.config import TrainConfig, to_dict
-from harr_tf.data import ImageDataset, ProtocolSplit, get_protocol, load_dataset, make_split
-from harr_tf.data.image_size import resolve_image_size
+from harr_tf.data.pipeline import check_training_items
 from harr_tf.encoder import encode_images
-from harr_tf.features import pixel_features, wta_codes
+from harr_tf.features import pixel_features
+from harr_tf.frozen import FrozenFeatures, head_codes, prepare_frozen
 from harr_tf.layers import sign_codes
 from harr_tf.pretrain import check_pretrained_weights
 from harr_tf.resume import check_same_split
 from harr_tf.retrieval import asymmetric_mean_average_precision, evaluate
-from harr_tf.training import train_code_length, with_batch_size
-from harr_tf.wta import WTAThresholds, estimate_thresholds
+from harr_tf.run_data import RunData, build_wta_structure, load_run_data
+from harr_tf.training import train_code_length, training_length, with_batch_size
 
 logger = logging.getLogger("harr_tf")
 
@@ -42,97 +41,17 @@ BASELINE_SIDE = 32
 _CHUNK = 2048
 
 
-@dataclasses.dataclass(frozen=True)
-class RunData:
-    """The images, the protocol split and what the split's K is."""
-
-    dataset: ImageDataset
-    split: ProtocolSplit
-    top_k: int | None
-
-
-@dataclasses.dataclass(frozen=True)
-class WTAStructure:
-    """WTA codes of the training images (aligned with `split.train`) and thresholds."""
-
-    table: np.ndarray
-    codes: np.ndarray
-    thresholds: WTAThresholds
-
-
-def load_run_data(config: TrainConfig) -> RunData:
-    """Opens the dataset at the network's image size and draws the protocol split
-    (`train_size`, `queries_per_class` and `validation_per_class` override it)."""
-    dataset = load_dataset(config.dataset, data_dir=config.data_dir)
-    size = resolve_image_size(config.image_size, dataset.native_size, config.model.backbone)
-    dataset = dataset.at_size(size)
-    protocol = get_protocol(config.protocol)
-    overrides = {
-        "query_per_class": config.queries_per_class,
-        "validation_per_class": config.validation_per_class,
-    }
-    protocol = dataclasses.replace(
-        protocol, **{key: value for key, value in overrides.items() if value is not None}
-    )
-    size = config.train_size
-    if size is not None:
-        everything = size == "all"
-        if dataset.labels is None:
-            protocol = dataclasses.replace(protocol, unlabeled_train=None if everything else size)
-        elif dataset.multi_label:
-            # Training takes up to this many of the items the queries leave.
-            asked = dataset.num_items if everything else size
-            protocol = dataclasses.replace(protocol, multi_label_train=asked)
-        else:
-            classes = len(np.unique(dataset.labels))
-            per_class = None if everything else max(1, size // classes)
-            protocol = dataclasses.replace(protocol, train_per_class=per_class)
-    split = make_split(dataset.labels, dataset.num_items, protocol, seed=config.seed)
-    logger.info(
-        "%s: %d images read at %s; %d queries, %d database, %d training, %d validation",
-        dataset.name,
-        dataset.num_items,
-        "x".join(map(str, dataset.image_shape)),
-        len(split.query),
-        len(split.database),
-        len(split.train),
-        len(split.validation),
-    )
-    if len(split.class_counts):
-        logger.info("Drawn per class:\n%s", split.describe(dataset.class_names))
-    top_k = protocol.multi_label_top_k if dataset.multi_label else protocol.top_k
-    return RunData(dataset, split, top_k)
-
-
-def build_wta_structure(
-    dataset: ImageDataset, indices: np.ndarray, config: TrainConfig, progress: bool = False
-) -> WTAStructure:
-    """WTA codes of the items `indices` under the configured feature source, and τ,
-    s_max, s_min. The `backbone` source is the backbone as configured (its weights),
-    seeded by `config.seed`, applied to the images at the evaluation transform."""
-    wta = config.wta
-    network = None
-    if wta.features == "backbone":
-        keras.utils.set_random_seed(config.seed)
-        model = config.model
-        network = build_backbone(
-            model.backbone, dataset.image_shape, model.weights, model.width, model.pooling
-        )
-    table, codes = wta_codes(
-        dataset,
-        indices,
-        wta.features,
-        num_permutations=wta.num_permutations,
-        window=wta.window,
-        seed=config.seed,
-        network=network,
-        progress=progress,
-        batch_size=config.encode_batch_size,
-    )
-    thresholds = estimate_thresholds(
-        codes, wta.window, rho=wta.positive_fraction, max_pairs=wta.max_pairs, seed=config.seed
-    )
-    return WTAStructure(table, codes, thresholds)
+def describe_teacher(config: TrainConfig) -> str:
+    """One log line: which teacher and student this run uses, and why."""
+    model, source = config.model, config.wta.features
+    teacher = f"{model.backbone} ({model.weights} weights)" if source == "backbone" else source
+    student = {
+        "frozen": f"the hash head on the frozen {model.backbone}'s cached features",
+        "fine_tuned": f"{model.backbone} and the hash head, trained together",
+        "distilled": f"small_cnn (width {model.width}) from scratch, at its own image size",
+    }[model.student_mode]
+    why = "as set" if model.student else f"the default for {model.backbone}"
+    return f"WTA teacher: {teacher}; student: {student} ({why})."
 
 
 def baseline_maps(data: RunData, config: TrainConfig, progress: bool) -> dict:
@@ -154,6 +73,54 @@ def baseline_maps(data: RunData, config: TrainConfig, progress: bool) -> dict:
     return {method: {str(b): value for b, value in maps.items()} for method, maps in found.items()}
 
 
+def feature_baseline_maps(
+    frozen: FrozenFeatures, data: RunData, config: TrainConfig, progress: bool
+) -> dict:
+    """`{method: {bits: mAP}}` of PCAH and ITQ on the frozen backbone's own features, and
+    `exact_cosine`, those features ranked by cosine: the shallow hashing of the same
+    features that HARR's head must beat, and the ranking it approximates."""
+    split = data.split
+    for part in ("query", "database"):
+        frozen.features(part, data.dataset, getattr(split, part), progress)
+    parts = {"train": frozen.train, **frozen.evaluated}
+
+    def features(indices: np.ndarray):
+        part = next(name for name in parts if indices is getattr(split, name))
+        yield np.asarray(parts[part], np.float32)
+
+    found = evaluate_baselines(
+        features, data.dataset.labels, split, config.bits, data.top_k, config.seed, ("pcah", "itq")
+    )
+    maps = {f"{m}_features": {str(b): v for b, v in by.items()} for m, by in found.items()}
+
+    def unit(part: str) -> np.ndarray:
+        values = np.asarray(parts[part], np.float32)
+        return values / np.maximum(np.linalg.norm(values, axis=1, keepdims=True), 1e-12)
+
+    ranked = np.concatenate([unit("query"), unit("database")])
+    both = dataclasses.replace(
+        split,
+        query=np.arange(len(split.query)),
+        database=np.arange(len(split.query), len(ranked)),
+    )
+    labels = np.concatenate([data.dataset.labels[split.query], data.dataset.labels[split.database]])
+    exact = exact_map(ranked, labels, both, data.top_k)
+    maps["exact_cosine"] = {str(b): exact for b in config.bits}
+    return maps
+
+
+def encode_part(
+    encoder, data: RunData, part: str, batch, progress: bool, frozen, continuous: bool
+) -> np.ndarray:
+    """The codes of one part of the split: through the encoder, or for a frozen student
+    its head on the backbone's features, computed once for every code length."""
+    indices = getattr(data.split, part)
+    if frozen is None:
+        images = data.dataset.images(indices)
+        return encode_images(encoder, images, batch, progress, continuous=continuous)
+    return head_codes(encoder, frozen.features(part, data.dataset, indices, progress), continuous)
+
+
 def run(
     config: TrainConfig,
     run_dir: str,
@@ -164,23 +131,34 @@ def run(
     `strategy` (`harr_tf.distribute`; default: none) and writes `metrics.json` and the
     plots; returns the metrics."""
     data = load_run_data(config)
-    config = with_batch_size(config, data.dataset.image_shape)
+    config = with_batch_size(config, data.dataset.image_shape, len(data.split.train))
+    # Refused settings are refused before anything is written, so a corrected rerun starts.
+    check_training_items(config.batch_size, len(data.split.train))
+    training_length(config, len(data.split.train))
     if os.path.isfile(config.model.weights):
         check_pretrained_weights(config.model.weights, config.dataset, data.dataset.image_shape)
     os.makedirs(run_dir, exist_ok=True)
     check_same_split(os.path.join(run_dir, "split.npz"), data.split)
-    with open(os.path.join(run_dir, "config.yaml"), "w") as f:
-        yaml.safe_dump(to_dict(config), f, sort_keys=False)
-    data.split.save(os.path.join(run_dir, "split.npz"))
+    write_text_atomically(
+        os.path.join(run_dir, "config.yaml"), yaml.safe_dump(to_dict(config), sort_keys=False)
+    )
+    with atomic_path(os.path.join(run_dir, "split.npz")) as temporary:
+        data.split.save(temporary)
     logger.info("Data: %s from %s", data.dataset.name, data.dataset.source)
     progress = verbose > 0
-    wta = build_wta_structure(data.dataset, data.split.train, config, progress)
-    np.savez(
-        os.path.join(run_dir, "wta.npz"),
-        table=wta.table,
-        codes=wta.codes,
-        **dataclasses.asdict(wta.thresholds),
+    logger.info(describe_teacher(config))
+    frozen = None
+    if config.model.student_mode == "frozen":
+        frozen = prepare_frozen(config, data, run_dir, progress)
+    wta = build_wta_structure(
+        data.dataset,
+        data.split.train,
+        config,
+        progress,
+        features=frozen.train if frozen is not None and config.wta.features == "backbone" else None,
     )
+    with atomic_path(os.path.join(run_dir, "wta.npz")) as temporary, open(temporary, "wb") as f:
+        np.savez(f, table=wta.table, codes=wta.codes, **dataclasses.asdict(wta.thresholds))
     metrics_path = os.path.join(run_dir, "metrics.json")
     metrics = report.read_metrics(metrics_path, config, data.top_k)
     labels = data.dataset.labels
@@ -190,20 +168,20 @@ def run(
     elif not evaluated:
         logger.warning("No class has the 10 items a query needs: the evaluation is skipped.")
     baselines = baseline_maps(data, config, progress) if evaluated else {}
+    if evaluated and frozen is not None:
+        baselines.update(feature_baseline_maps(frozen, data, config, progress))
     for bits in config.bits:
         directory = os.path.join(run_dir, f"bits_{bits}")
-        encoder, seconds = train_code_length(config, bits, data, wta, directory, verbose, strategy)
+        encoder, seconds = train_code_length(
+            config, bits, data, wta, directory, verbose, strategy, frozen
+        )
         encoder.save(os.path.join(directory, "encoder.keras"))
         if not evaluated:
             continue
         batch = config.encode_batch_size
-        query_continuous = encode_images(
-            encoder, data.dataset.images(data.split.query), batch, progress, continuous=True
-        )
+        query_continuous = encode_part(encoder, data, "query", batch, progress, frozen, True)
         query_codes = keras.ops.convert_to_numpy(sign_codes(query_continuous))
-        database_codes = encode_images(
-            encoder, data.dataset.images(data.split.database), batch, progress
-        )
+        database_codes = encode_part(encoder, data, "database", batch, progress, frozen, False)
         result = evaluate(
             query_codes,
             database_codes,

@@ -12,7 +12,6 @@ import logging
 import math
 import os
 import time
-from typing import TYPE_CHECKING
 
 import keras
 import numpy as np
@@ -27,32 +26,65 @@ from harr_tf.callbacks import (
 )
 from harr_tf.config import TrainConfig
 from harr_tf.data.augment import ViewAugmenter
-from harr_tf.data.image_size import training_batch_size
+from harr_tf.data.image_size import default_batch_sizes
 from harr_tf.data.pipeline import training_dataset
 from harr_tf.distribute import is_chief, synchronize_batch_norm, work_around_keras_multi_worker
 from harr_tf.encoder import build_encoder
+from harr_tf.frozen import (
+    FrozenFeatures,
+    feature_stream,
+    head_encoder,
+    pixel_encoder,
+    start_from_itq,
+)
+from harr_tf.memory_budget import (
+    budget_bytes,
+    default_budget_gb,
+    network_name,
+    set_budget,
+    training_does_not_fit,
+)
 from harr_tf.model import HarrModel
+from harr_tf.run_data import RunData, WTAStructure
 from harr_tf.wta import WTASimilarity
-
-if TYPE_CHECKING:
-    from harr_tf.run import RunData, WTAStructure
 
 logger = logging.getLogger("harr_tf")
 
 # Fashion-MNIST's default budget (30 epochs of 39 batches): every dataset gets as many
 # updates unless --epochs or --steps says otherwise.
 DEFAULT_STEPS = 1170
+# The frozen student's default batch: cached features cost nothing to hold, and the
+# contrastive loss sees more negatives per step.
+FROZEN_BATCH = 256
 
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN/inf; the last good checkpoint is kept."""
 
 
-def with_batch_size(config: TrainConfig, image_shape) -> TrainConfig:
-    """`config` with its batch size resolved for `image_shape` (`training_batch_size`),
-    so the run directory stores the batch trained at."""
+def with_batch_size(
+    config: TrainConfig, image_shape, train_items: int | None = None
+) -> TrainConfig:
+    """`config` with its memory budget, training batch and inference batch resolved for
+    `image_shape` (`default_batch_sizes`; a frozen student's batch, at most
+    `train_items`), so the run directory stores what it ran at; the budget becomes the
+    process's (`set_budget`)."""
+    budget = config.memory_budget or default_budget_gb()
+    set_budget(budget)
+    batch_size = config.batch_size
+    if config.model.student_mode == "frozen" and batch_size is None:
+        # The head's batch holds features, not images: no memory rule, and no larger
+        # than the training set (a power of two).
+        largest = 2 ** (max(train_items or FROZEN_BATCH, 16).bit_length() - 1)
+        batch_size = min(FROZEN_BATCH, largest)
+    batch_size, encode_batch_size = default_batch_sizes(
+        image_shape, config.model, batch_size, config.encode_batch_size, budget_bytes(budget)
+    )
     return dataclasses.replace(
-        config, batch_size=training_batch_size(image_shape, config.batch_size)
+        config,
+        batch_size=batch_size,
+        encode_batch_size=encode_batch_size,
+        memory_budget=budget,
     )
 
 
@@ -97,11 +129,18 @@ def training_length(config: TrainConfig, train_items: int) -> tuple[int, int]:
     return epochs, per_epoch
 
 
-def new_model(config: TrainConfig, bits: int, image_shape, wta: WTAStructure) -> HarrModel:
-    """A compiled HarrModel with the configured backbone, losses and optimizer."""
+def new_model(
+    config: TrainConfig,
+    bits: int,
+    image_shape,
+    wta: WTAStructure,
+    encoder: keras.Model | None = None,
+) -> HarrModel:
+    """A compiled HarrModel with the configured losses and optimizer, training `encoder`
+    (default: the configured backbone and hash head)."""
     thresholds = wta.thresholds
     model = HarrModel(
-        build_encoder(image_shape, bits, config.model),
+        encoder or build_encoder(image_shape, bits, config.model),
         WTASimilarity(thresholds.tau, thresholds.s_max, thresholds.s_min, config.wta.window),
         temperature=config.loss.temperature,
         bcr_weight=config.loss.bcr_weight,
@@ -160,10 +199,13 @@ def train_code_length(
     directory: str,
     verbose: int,
     strategy: tf.distribute.Strategy | None = None,
+    frozen: FrozenFeatures | None = None,
 ) -> tuple[keras.Model, float]:
     """Trains (or resumes) one model under `strategy` (default: none); returns its
     encoder and the training seconds. `fit` gets the global batch: Keras splits it
-    over the replicas, and the losses gather it back (`HarrModel`).
+    over the replicas, and the losses gather it back (`HarrModel`). With `frozen`, the
+    hash head trains on the cached features (starting from ITQ on them) and the encoder
+    returned is the frozen backbone with that head.
 
     The checkpoint (weights and optimizer) is `directory/checkpoint`: only the chief
     writes it, every worker restores from it, so under multi-worker it must be on
@@ -174,16 +216,25 @@ def train_code_length(
         logger.info("Resuming %d-bit model after epoch %d", bits, done)
     strategy = strategy or tf.distribute.get_strategy()
     with strategy.scope():
-        model = new_model(config, bits, data.dataset.image_shape, wta)
+        head = None
+        if frozen is not None:
+            head = head_encoder(frozen.train.shape[1], bits, config.model.beta)
+            start_from_itq(head, frozen.train, config.seed)
+        model = new_model(config, bits, data.dataset.image_shape, wta, head)
         # Its variables are made here, in the scope, before the checkpoint is restored.
         model.optimizer.build(model.trainable_variables)
         if strategy.num_replicas_in_sync > 1:
             synchronize_batch_norm(model.encoder)
     work_around_keras_multi_worker(model, strategy)
     epochs, steps = training_length(config, len(wta.codes))
-    stream, codes = training_stream(config, data, wta, model.views, start_epoch=done)
+    if frozen is None:
+        stream, codes = training_stream(config, data, wta, model.views, start_epoch=done)
+    else:
+        stream = feature_stream(
+            frozen.views, wta.codes, frozen.names, config.batch_size, config.seed, done * steps
+        )
     refresh = None
-    if config.wta.refresh_every:
+    if config.wta.refresh_every and frozen is None:
         every = config.wta.refresh_every
         refresh = WTARefresh(
             data.dataset, data.split.train, codes, config.wta, config.seed, every, done
@@ -195,20 +246,24 @@ def train_code_length(
         refresh,
         BetaSchedule(config.model.beta, config.model.beta_growth),
         guard,
-        validation_callback(data, config),
+        validation_callback(data, config) if frozen is None else None,
         keras.callbacks.TensorBoard(os.path.join(directory, "logs")),
     ]
     start = time.perf_counter()
     if done < epochs:
-        model.fit(
-            stream,
-            epochs=epochs,
-            initial_epoch=done,
-            steps_per_epoch=steps,
-            shuffle=False,  # the stream shuffles itself
-            callbacks=[c for c in callbacks if c is not None],
-            verbose=verbose,
-        )
+        try:
+            model.fit(
+                stream,
+                epochs=epochs,
+                initial_epoch=done,
+                steps_per_epoch=steps,
+                shuffle=False,  # the stream shuffles itself
+                callbacks=[c for c in callbacks if c is not None],
+                verbose=verbose,
+            )
+        except tf.errors.ResourceExhaustedError:
+            name = network_name(model.encoder)
+            raise training_does_not_fit(name, bits, config.batch_size) from None
     else:  # trained to the end, stopped before the encoder was saved: restore only
         checkpoint.set_model(model)
         checkpoint.on_train_begin()
@@ -224,4 +279,6 @@ def train_code_length(
             )
             + "; lower --learning-rate or the loss weights and run again with --resume."
         )
+    if frozen is not None:
+        return pixel_encoder(frozen.backbone, model.encoder), seconds
     return model.encoder, seconds

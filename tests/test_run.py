@@ -9,7 +9,7 @@ from harr_tf.backbones import build_backbone
 from harr_tf.config import ModelConfig, TrainConfig, WTAConfig
 from harr_tf.data import ImageDataset
 from harr_tf.features import PIXEL_SOURCES, wta_features
-from harr_tf.run import build_wta_structure, load_run_data
+from harr_tf.run_data import build_wta_structure, load_run_data
 from harr_tf.training import training_length
 from harr_tf.wta import encode_wta
 

@@ -9,7 +9,7 @@ import keras_tuner
 from harr_tf.callbacks import BetaSchedule, StopOnNonFiniteLoss
 from harr_tf.config import TrainConfig, WTAConfig
 from harr_tf.model import HarrModel
-from harr_tf.run import WTAStructure, build_wta_structure, load_run_data
+from harr_tf.run_data import WTAStructure, build_wta_structure, load_run_data
 from harr_tf.training import (
     new_model,
     training_length,
