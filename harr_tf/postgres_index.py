@@ -160,6 +160,7 @@ class PostgresIndex:
         index = cls.load(path)
         try:
             yield index
+            index._refresh_ids()  # so that `len` and `ids` answer after the block
         finally:
             index.close()
 

@@ -9,6 +9,7 @@ identifiers only, and every id, code and value as a bound parameter.
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import json
 from collections.abc import Sequence
@@ -279,3 +280,19 @@ def packed_codes(texts: Sequence[str], bits: int) -> np.ndarray:
 
 def vector_text(row: np.ndarray) -> str:
     return json.dumps(np.asarray(row, np.float32).tolist())
+
+
+def metadata_from_csv(path: str, ids: Sequence[str]) -> dict[str, list[str | None]]:
+    """The text columns of a CSV file (a header row, one `id` column) for `ids`, in their
+    order; an id the file lacks gets None (NULL), rows of other ids are ignored."""
+    with open(path, newline="", encoding="utf-8") as file:
+        reader = csv.DictReader(file)
+        if reader.fieldnames is None or "id" not in reader.fieldnames:
+            raise ValueError(f"{path}: expected a header row naming an `id` column.")
+        rows: dict[str, dict] = {}
+        for row in reader:
+            if row["id"] in rows:
+                raise ValueError(f"{path}: id {row['id']!r} is on two rows; expected one each.")
+            rows[row["id"]] = row
+    columns = [name for name in reader.fieldnames if name != "id"]
+    return {name: [rows.get(item, {}).get(name) for item in ids] for name in columns}

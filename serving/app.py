@@ -29,6 +29,7 @@ from werkzeug.security import safe_join
 from werkzeug.serving import make_server
 
 from harr_tf.index import HammingIndex
+from harr_tf.postgres_index import open_index
 from serving.cli import add_endpoint_arguments, add_verbose_argument, positive
 
 _EXAMPLES = 24
@@ -153,7 +154,11 @@ def main(argv: list[str] | None = None) -> int:
         description="Serve a search page over an index: upload an image or click one of "
         "the collection, see its nearest images with their Hamming distances.",
     )
-    parser.add_argument("--index", required=True, help="index written by serving.search build")
+    parser.add_argument(
+        "--index",
+        required=True,
+        help="index written by serving.search build: a FAISS file or a postgresql:// table",
+    )
     add_endpoint_arguments(parser)
     parser.add_argument(
         "--images",
@@ -192,8 +197,8 @@ def main(argv: list[str] | None = None) -> int:
     from serving.client import RequestFailed, ServingClient
 
     try:
-        index = HammingIndex.load(args.index)
-    except (ValueError, FileNotFoundError) as err:
+        index = open_index(args.index)  # a FAISS file or a postgresql:// table
+    except (ValueError, FileNotFoundError, ConnectionError) as err:
         raise SystemExit(f"error: --index {args.index}: {err}") from err
     if args.rerank is not None and args.rerank < args.top_k:
         raise SystemExit(f"error: --rerank {args.rerank} must be at least --top-k {args.top_k}.")

@@ -31,6 +31,9 @@ import numpy as np
 from harr_tf.index import HammingIndex
 from harr_tf.index_kinds import INDEX_KINDS, KIND_OPTIONS
 from harr_tf.locks import LockHeld, exclusive
+from harr_tf.postgres_index import index_class
+from harr_tf.postgres_location import is_database_uri
+from harr_tf.postgres_table import metadata_from_csv
 from serving.cli import add_endpoint_arguments, add_retry_arguments, add_verbose_argument, positive
 from serving.code_store import StoredCodes, load_codes_file
 from serving.nearest import nearest
@@ -44,9 +47,12 @@ def build(args: argparse.Namespace) -> int:
     stored = _load_codes(args.codes)
     start = time.monotonic()
     options = {name: getattr(args, name) for name in _BUILD_OPTIONS}
-    with _writing(args.index), exclusive(args.index, wait=args.wait):
+    database = is_database_uri(args.index)  # a table: its transaction is the lock
+    lock = contextlib.nullcontext() if database else exclusive(args.index, wait=args.wait)
+    with _writing(args.index), lock:
         try:
-            index = HammingIndex.build(
+            options.update(_metadata(args, stored.ids.tolist()))
+            index = index_class(args.index).build(
                 stored.packed, stored.ids.tolist(), args.kind, progress=True, **options
             )
         except ValueError as err:
@@ -61,7 +67,8 @@ def build(args: argparse.Namespace) -> int:
 
 def add(args: argparse.Namespace) -> int:
     stored = _load_codes(args.codes)
-    with _writing(args.index), HammingIndex.updating(args.index, wait=args.wait) as index:
+    updating = index_class(args.index).updating
+    with _writing(args.index), updating(args.index, wait=args.wait) as index:
         new = _add_codes(index, stored, args)
     print(
         f"Added {int(new.sum())} codes ({len(new) - int(new.sum())} already indexed) to "
@@ -89,8 +96,9 @@ def _add_codes(index: HammingIndex, stored: StoredCodes, args: argparse.Namespac
                 f"have other codes there, e.g. {examples}: the codes come from another model; "
                 "rebuild the index from one codes file."
             )
+    added = [ids[row] for row in np.flatnonzero(new)]
     try:
-        index.add(stored.packed[new], [ids[row] for row in np.flatnonzero(new)])
+        index.add(stored.packed[new], added, **_metadata(args, added))
     except ValueError as err:
         hint = (
             " Pass --new-only to add only the ids the index lacks." if "already" in str(err) else ""
@@ -100,7 +108,8 @@ def _add_codes(index: HammingIndex, stored: StoredCodes, args: argparse.Namespac
 
 
 def remove(args: argparse.Namespace) -> int:
-    with _writing(args.index), HammingIndex.updating(args.index, wait=args.wait) as index:
+    updating = index_class(args.index).updating
+    with _writing(args.index), updating(args.index, wait=args.wait) as index:
         try:
             index.remove(args.ids)
         except ValueError as err:
@@ -116,11 +125,14 @@ def query(args: argparse.Namespace) -> int:
     index = _load_index(args.index)
     if args.rerank is not None and args.rerank < args.top_k:
         raise SystemExit(f"error: --rerank {args.rerank} must be at least --top-k {args.top_k}.")
+    if len(index) == 0:
+        raise SystemExit(f"error: --index {args.index} holds no codes yet: nothing to search.")
     options = {name: getattr(args, name) for name in _SEARCH_OPTIONS}
     for name, value in options.items():
         if value is not None and name not in KIND_OPTIONS[index.kind]:
             flag = "--" + name.replace("_", "-")
             raise SystemExit(f"error: {flag} does not apply to {args.index}, a {index.kind} index.")
+    options.update(_filters(args, index))
     answers: dict[str, dict] = {}
     readable: list[tuple[str, bytes]] = []
     for image in args.images:
@@ -188,7 +200,7 @@ def _writing(path: str) -> Iterator[None]:
     holding its lock, an unreadable index, a full disk (the index is then as it was)."""
     try:
         yield
-    except (LockHeld, ValueError, FileNotFoundError) as err:
+    except (LockHeld, ValueError, FileNotFoundError, ConnectionError) as err:
         raise SystemExit(f"error: --index {path}: {err}") from err
     except OSError as err:
         raise SystemExit(
@@ -199,9 +211,36 @@ def _writing(path: str) -> Iterator[None]:
 
 def _load_index(path: str) -> HammingIndex:
     try:
-        return HammingIndex.load(path)
-    except (ValueError, FileNotFoundError) as err:
+        return index_class(path).load(path)
+    except (ValueError, FileNotFoundError, ConnectionError) as err:
         raise SystemExit(f"error: --index {path}: {err}") from err
+
+
+def _metadata(args: argparse.Namespace, ids: list[str]) -> dict:
+    """{"metadata": columns} from --metadata for a table's `ids`; {} without it."""
+    if getattr(args, "metadata", None) is None:
+        return {}
+    if not is_database_uri(args.index):
+        raise SystemExit("error: --metadata needs a PostgreSQL --index: a FAISS file has none.")
+    try:
+        return {"metadata": metadata_from_csv(args.metadata, ids)}
+    except (OSError, ValueError, UnicodeError) as err:
+        raise SystemExit(f"error: --metadata {args.metadata}: {err}") from err
+
+
+def _filters(args: argparse.Namespace, index) -> dict:
+    """{"filters": {column: value}} from --filter KEY=VALUE; {} without it."""
+    if not args.filter:
+        return {}
+    columns = getattr(index, "metadata_columns", ())
+    filters = dict(item.partition("=")[::2] for item in args.filter)
+    wrong = [key for key in filters if key not in columns]
+    if wrong or not all("=" in item for item in args.filter):
+        raise SystemExit(
+            f"error: --filter {args.filter}: expected KEY=VALUE with KEY a metadata column "
+            f"of --index; its columns are {list(columns)}."
+        )
+    return {"filters": filters}
 
 
 def _load_codes(path: str) -> StoredCodes:
@@ -240,7 +279,10 @@ def main(argv: list[str] | None = None) -> int:
         "--codes", required=True, help="codes file written by python -m serving.encode"
     )
     build_parser.add_argument(
-        "--index", required=True, help="index file to write (the FAISS index and its ids)"
+        "--index",
+        required=True,
+        help="index file to write (the FAISS index and its ids), or a PostgreSQL table: "
+        "postgresql://USER@HOST/DB?table=NAME (kinds flat, ivf, hnsw)",
     )
     build_parser.add_argument(
         "--kind",
@@ -280,6 +322,13 @@ def main(argv: list[str] | None = None) -> int:
         "results then carry a score",
     )
     query_parser.add_argument(
+        "--filter",
+        action="append",
+        metavar="KEY=VALUE",
+        help="PostgreSQL index: rank only rows whose metadata column KEY equals VALUE "
+        "(repeatable: all must hold)",
+    )
+    query_parser.add_argument(
         "--json",
         action="store_true",
         help="print JSON: one {query, results: [{id, distance}]} per image, or {query, error} "
@@ -300,6 +349,13 @@ def main(argv: list[str] | None = None) -> int:
     remove_parser = commands.add_parser("remove", help="remove ids from an index")
     remove_parser.add_argument("--index", required=True, help="index written by `build`")
     remove_parser.add_argument("--ids", required=True, nargs="+", help="ids to remove")
+    for writer in (build_parser, add_parser):
+        writer.add_argument(
+            "--metadata",
+            metavar="CSV",
+            help="PostgreSQL index: text columns to store beside the codes, from a CSV file "
+            "with a header row and an `id` column (for query --filter)",
+        )
     for writer in (build_parser, add_parser, remove_parser):
         writer.add_argument(
             "--wait",

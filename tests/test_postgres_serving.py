@@ -1,6 +1,8 @@
-"""`serving.encode --index postgresql://...` against a real `serving.server` and PostgreSQL:
-shards written by two processes at once, a killed encoder resumed, idempotent writes."""
+"""`serving.encode --index` and `serving.search` on a PostgreSQL table, against a real
+`serving.server` and PostgreSQL: shards written by two processes at once, a killed encoder
+resumed, idempotent writes, and the search commands answering as on a FAISS file."""
 
+import json
 import os
 import signal
 import subprocess
@@ -14,6 +16,7 @@ from serving_support import REPO_ROOT
 
 from harr_tf.postgres_index import open_index
 from serving.encode import main as encode_main
+from serving.search import main as search_main
 
 collection = test_encode_client.collection  # its fixture of 40 real images and their codes
 
@@ -131,3 +134,55 @@ def test_present_ids_are_skipped_or_overwritten_and_other_lengths_refused(
             ["--server", grpc_server, "--input", str(folder), "--out", "x.npz", "--shard", "0/2"]
         )
     assert stored(other)[0] == ["x"]
+
+
+def search(capsys, *arguments):
+    capsys.readouterr()
+    assert search_main(list(arguments)) == 0
+    return capsys.readouterr().out
+
+
+def test_search_commands_answer_as_on_a_faiss_file(
+    grpc_server, collection, postgres, tmp_path, capsys
+):
+    folder, ids, _, _ = collection
+    codes = tmp_path / "codes.npz"
+    assert encode_main(["--server", grpc_server, "--input", str(folder), "--out", str(codes)]) == 0
+    meta = tmp_path / "meta.csv"
+    meta.write_text(
+        "id,class,note\n"
+        + "".join(f'{item},{item.split("/")[0]},"a, ""quoted""; note"\n' for item in ids)
+    )
+    faiss_file, uri = str(tmp_path / "harr.faiss"), postgres.uri(table="searched")
+    search(capsys, "build", "--codes", str(codes), "--index", faiss_file)
+    assert "Indexed 40 16-bit codes (flat)" in search(
+        capsys, "build", "--codes", str(codes), "--index", uri, "--metadata", str(meta)
+    )
+    images = [str(folder / item) for item in ids[:6]]
+    ask = ["query", "--server", grpc_server, "--json", "--top-k", "8", *images]
+
+    def answers(index, *extra):
+        return json.loads(search(capsys, *ask, "--index", index, *extra))
+
+    assert answers(uri) == answers(faiss_file)
+    assert answers(uri, "--rerank", "20") == answers(faiss_file, "--rerank", "20")
+    for index in (faiss_file, uri):
+        search(capsys, "remove", "--index", index, "--ids", *ids[:10])
+    assert answers(uri) == answers(faiss_file)
+    for index in (faiss_file, uri):
+        search(capsys, "add", "--index", index, "--codes", str(codes), "--new-only")
+    assert answers(uri) == answers(faiss_file)
+
+    filtered = answers(uri, "--filter", "class=class3", "--filter", 'note=a, "quoted"; note')
+    found = [result["id"] for answer in filtered for result in answer["results"]]
+    assert found and all(item.startswith("class3/") for item in found)
+    for wrong in (["--filter", "colour=red"], ["--filter", "class"]):
+        with pytest.raises(SystemExit, match=r"expected KEY=VALUE .* its columns are \['class'"):
+            search_main([*ask, "--index", uri, *wrong])
+    with pytest.raises(SystemExit, match="--metadata needs a PostgreSQL --index"):
+        search_main(
+            ["build", "--codes", str(codes), "--index", faiss_file, "--metadata", str(meta)]
+        )
+    with pytest.raises(SystemExit, match="kind.* must be one of .* for a PostgreSQL index"):
+        search_main(["build", "--codes", str(codes), "--index", uri, "--kind", "multihash"])
+    assert len(open_index(uri)) == 40  # each refusal left the table as it was
