@@ -8,7 +8,11 @@ old checkpoints on it, so `--resume` refuses such settings, naming them.
 
 from __future__ import annotations
 
+import glob
+import json
 import os
+import shlex
+import signal
 
 import numpy as np
 
@@ -17,6 +21,8 @@ from harr_tf.data.splits import ProtocolSplit
 
 # Settings a resumed run may change: how long it trains, how often it evaluates, and
 # where the same data files are found.
+# A diverged run is resumed from its last good checkpoint with a lower learning rate or
+# loss weights (the advice it prints), so those may change too.
 RESUMABLE_SETTINGS = (
     "epochs",
     "steps",
@@ -24,6 +30,9 @@ RESUMABLE_SETTINGS = (
     "data_dir",
     "encode_batch_size",
     "steps_per_execution",
+    "learning_rate",
+    "loss.bcr_weight",
+    "loss.quantization_weight",
 )
 
 
@@ -75,3 +84,38 @@ def flatten_settings(values: dict, prefix: str = "") -> dict:
         else:
             flat[f"{prefix}{key}"] = value
     return flat
+
+
+def resume_advice(run_dir: str) -> str:
+    """What a stopped run kept and the command that continues it, in one line."""
+    if not os.path.exists(os.path.join(run_dir, "config.yaml")):
+        return "Nothing was written yet: run the same command again."
+    kept = []
+    for directory in sorted(glob.glob(os.path.join(run_dir, "bits_*")), key=_bits):
+        bits = _bits(directory)
+        if os.path.exists(os.path.join(directory, "encoder.keras")):
+            kept.append(f"{bits} bits: trained")
+            continue
+        try:
+            with open(os.path.join(directory, "checkpoint", "training_metadata.json")) as f:
+                kept.append(f"{bits} bits: checkpoint after epoch {json.load(f)['epoch']}")
+        except (OSError, ValueError, KeyError):
+            pass
+    what = f"Kept: {'; '.join(kept)}." if kept else "No epoch had ended yet."
+    return f"{what} Continue with: python train.py --run-dir {shlex.quote(run_dir)} --resume"
+
+
+def _bits(directory: str) -> int:
+    suffix = os.path.basename(directory).removeprefix("bits_")
+    return int(suffix) if suffix.isdigit() else 0
+
+
+def stop_on_sigterm() -> None:
+    """SIGTERM (a scheduler's stop, `kill`) stops a run as Ctrl-C does: KeyboardInterrupt
+    after the current step, every file already written kept whole (written beside and
+    renamed), so the run resumes from its last checkpoint."""
+
+    def stop(signum: int, frame) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    signal.signal(signal.SIGTERM, stop)

@@ -15,6 +15,18 @@ from harr_tf.data.sources import ImageDataset
 SEQUENTIAL_SHUFFLE = 10_000
 
 
+def check_training_items(batch_size: int, items: int) -> None:
+    """Raises ValueError unless batches of `batch_size` can be drawn from `items` images:
+    a run checks this before it writes anything."""
+    if items < 2:
+        raise ValueError(f"Training needs at least 2 images. Received: {items} training images.")
+    if not 1 <= batch_size <= items:
+        raise ValueError(
+            f"`batch_size` must be between 1 and the number of training images "
+            f"({items}); lower --batch-size. Received: batch_size={batch_size}"
+        )
+
+
 def training_dataset(
     images: ImageDataset | np.ndarray,
     indices: np.ndarray,
@@ -40,15 +52,7 @@ def training_dataset(
     if isinstance(images, np.ndarray):
         images = ImageDataset.from_arrays(images)
     indices = np.asarray(indices, dtype=np.int64)
-    if len(indices) < 2:
-        raise ValueError(
-            f"Training needs at least 2 images. Received: {len(indices)} training images."
-        )
-    if not 1 <= batch_size <= len(indices):
-        raise ValueError(
-            f"`batch_size` must be between 1 and the number of training images "
-            f"({len(indices)}); lower --batch-size. Received: batch_size={batch_size}"
-        )
+    check_training_items(batch_size, len(indices))
     positions = tf.data.Dataset.range(len(indices))
     buffer = min(len(indices), SEQUENTIAL_SHUFFLE) if images.sequential else len(indices)
     dataset = tf.data.Dataset.zip(positions, images.raw(indices))
