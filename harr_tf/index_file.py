@@ -18,7 +18,7 @@ from pathlib import Path
 
 import faiss
 
-from harr_tf.atomic import atomic_path
+from harr_tf.atomic import atomic_path, remove_leftovers
 
 INDEX_MEMBER = "index.faiss"
 IDS_MEMBER = "ids.json"
@@ -31,8 +31,10 @@ def legacy_ids_path(index_path: str | Path) -> Path:
 
 
 def write_index_file(path: str | Path, index: faiss.IndexBinary, kind: str, ids: list[str]) -> None:
-    """Writes `index` with its `kind` and `ids` to `path`, whole or not at all."""
+    """Writes `index` with its `kind` and `ids` to `path`, whole or not at all; first
+    removes what killed writers left beside it."""
     path = Path(path)
+    remove_leftovers(path.parent)
     with (
         atomic_path(path) as temporary,
         zipfile.ZipFile(temporary, "w", zipfile.ZIP_STORED, allowZip64=True) as archive,

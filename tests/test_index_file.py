@@ -131,10 +131,18 @@ def test_a_failed_save_leaves_the_saved_index_as_it_was(tmp_path, monkeypatch):
     def full_disk(*_):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("harr_tf.index_file.faiss.write_index_binary", full_disk)
-    with pytest.raises(OSError, match="No space"):
-        index.save(path)
+    with monkeypatch.context() as patch:
+        patch.setattr("harr_tf.index_file.faiss.write_index_binary", full_disk)
+        with pytest.raises(OSError, match="No space"):
+            index.save(path)
     assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["harr.faiss", "harr.faiss.lock"]
+    killed = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True
+    )
+    leftover = tmp_path / f".tmp{int(killed.stdout)}.harr.faiss"  # a writer killed mid-write
+    leftover.write_bytes(b"half an index")
+    index.save(path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["harr.faiss", "harr.faiss.lock"]
 
 
