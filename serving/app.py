@@ -12,6 +12,10 @@ query's class. API:
                            (with --rerank N, each result also has its "score")
     GET  /api/items/ID     → {id, class, thumbnail, results}: the item's own neighbours
     GET  /thumbnails/ID    → a PNG thumbnail of the item
+
+An ID is the item's id with each path segment URL-encoded (any character, newlines
+included). An upload whose header declares more than `--max-pixels` pixels is refused
+before it is decoded or sent to the model server.
 """
 
 from __future__ import annotations
@@ -25,15 +29,23 @@ from pathlib import Path
 import flask
 from PIL import Image, UnidentifiedImageError
 from werkzeug.exceptions import HTTPException
+from werkzeug.routing import PathConverter
 from werkzeug.security import safe_join
 from werkzeug.serving import make_server
 
 from harr_tf.index import HammingIndex
 from harr_tf.postgres_index import open_index
 from serving.cli import add_endpoint_arguments, add_verbose_argument, positive
+from serving.pixel_budget import DEFAULT_MAX_PIXELS, TooManyPixels, check_pixels
 
 _EXAMPLES = 24
 _THUMBNAIL_PIXELS = 128
+
+
+class _IdConverter(PathConverter):
+    """Flask's `path`, but also matching ids that hold a newline (`.` does not)."""
+
+    regex = r"[^/][\s\S]*?"
 
 
 def class_of(item_id: str) -> str | None:
@@ -50,16 +62,19 @@ def create_app(
     top_k: int = 10,
     max_upload_bytes: int = 8 * 2**20,
     rerank: int | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> flask.Flask:
     """The Flask app of the page and its API over `index`, encoding uploads with `client`
     (a `serving.client.ServingClient`); thumbnails are made from the files under `images`.
     With `rerank`, an upload's top `rerank` by Hamming distance are re-ranked by its
-    continuous code (see `serving.nearest`)."""
+    continuous code (see `serving.nearest`). Uploads declaring more than `max_pixels`
+    pixels are refused from their header."""
     from serving.client import RequestFailed
     from serving.nearest import nearest
 
     app = flask.Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = max_upload_bytes
+    app.url_map.converters["id"] = _IdConverter
     images = Path(images)
     position_of = {item: position for position, item in enumerate(index.ids)}
     examples = index.ids[:: max(1, len(index) // _EXAMPLES)][:_EXAMPLES]
@@ -98,11 +113,14 @@ def create_app(
         if upload is None:
             return fail(400, "Expected the image as the multipart form field 'image'.")
         contents = upload.read()
+        name = upload.filename or "the upload"
         try:
+            check_pixels(contents, max_pixels, name)
             with Image.open(io.BytesIO(contents)) as image:
                 image.verify()
+        except TooManyPixels as err:
+            return fail(400, str(err))
         except (UnidentifiedImageError, OSError, SyntaxError):
-            name = upload.filename or "the upload"
             return fail(400, f"{name} is not an image: expected a PNG, JPEG, GIF or BMP file.")
         try:
             batch = client.encode([contents], continuous=rerank is not None)
@@ -114,7 +132,7 @@ def create_app(
         results = nearest(index, batch.packed, top_k, continuous=batch.continuous, rerank=rerank)[0]
         return flask.jsonify(results=described(results, None))
 
-    @app.get("/api/items/<path:item_id>")
+    @app.get("/api/items/<id:item_id>")
     def item(item_id: str):
         if item_id not in position_of:
             return fail(404, f"No item {item_id!r} in the index.")
@@ -127,12 +145,15 @@ def create_app(
             results=results,
         )
 
-    @app.get("/thumbnails/<path:item_id>")
+    @app.get("/thumbnails/<id:item_id>")
     def thumbnail(item_id: str):
         path = safe_join(str(images), item_id) if item_id in position_of else None
         if path is None or not Path(path).is_file():
             return fail(404, f"No image file for item {item_id!r} under {images}.")
-        return flask.send_file(io.BytesIO(_thumbnail(path)), mimetype="image/png")
+        try:
+            return flask.send_file(io.BytesIO(_thumbnail(path)), mimetype="image/png")
+        except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as err:
+            return fail(404, f"No thumbnail of item {item_id!r}: {err}")
 
     return app
 
@@ -192,6 +213,13 @@ def main(argv: list[str] | None = None) -> int:
         default=8.0,
         help="larger uploads are refused (default: 8)",
     )
+    parser.add_argument(
+        "--max-pixels",
+        type=positive(int),
+        default=DEFAULT_MAX_PIXELS,
+        help="uploads whose header declares more pixels are refused before decoding "
+        "(default: %(default)s)",
+    )
     add_verbose_argument(parser)
     args = parser.parse_args(argv)
     from serving.client import RequestFailed, ServingClient
@@ -221,6 +249,7 @@ def main(argv: list[str] | None = None) -> int:
             top_k=args.top_k,
             max_upload_bytes=int(args.max_upload_mb * 2**20),
             rerank=args.rerank,
+            max_pixels=args.max_pixels,
         )
         server = make_server(args.host, args.port, app, threaded=True)
         print(f"Search page on http://{args.host}:{server.server_port}/", flush=True)

@@ -45,7 +45,8 @@ class StoredCodes:
 
 
 def load_codes_file(path: str | Path) -> StoredCodes:
-    """A codes file written by `serving.encode`, or a clear error."""
+    """A codes file written by `serving.encode`, or a clear error (naming `path`) when
+    its arrays are not ids with their ±1 codes and those codes packed."""
     path = Path(path)
     try:
         with np.load(path, allow_pickle=False) as archive:
@@ -58,6 +59,7 @@ def load_codes_file(path: str | Path) -> StoredCodes:
             f"{path} has no {missing} array(s); expected a codes file written by "
             f"`python -m serving.encode` (keys {list(_CODES_KEYS)})."
         )
+    _check_codes(path, *(arrays[key] for key in _CODES_KEYS))
     origin = None
     if "model_version" in arrays:
         origin = CodesOrigin(
@@ -156,6 +158,36 @@ class CodeStore:
         )
         shutil.rmtree(self.parts, ignore_errors=True)
         return len(rows)
+
+
+def _check_codes(path: Path, ids: np.ndarray, codes: np.ndarray, packed: np.ndarray) -> None:
+    arrays = {"ids": ids, "codes": codes, "packed": packed}
+    shapes = ", ".join(f"{name} {a.shape} {a.dtype}" for name, a in arrays.items())
+    if not (
+        ids.ndim == 1
+        and ids.dtype.kind == "U"
+        and codes.ndim == packed.ndim == 2
+        and codes.dtype.kind in "iu"
+        and packed.dtype == np.uint8
+        and len(ids) == len(codes) == len(packed)
+    ):
+        raise ValueError(
+            f"{path}: expected n string ids, (n, bits) integer codes and (n, bits/8) uint8 "
+            f"packed codes. Received: {shapes}"
+        )
+    if packed.shape[1] * 8 != codes.shape[1]:
+        raise ValueError(
+            f"{path}: codes has {codes.shape[1]} columns but packed has {packed.shape[1]} bytes "
+            f"({packed.shape[1] * 8} bits): expected bits/8 bytes per code, bits a multiple of 8."
+        )
+    if not np.isin(codes, (-1, 1)).all():
+        raise ValueError(f"{path}: codes must be -1 or +1; it holds {np.unique(codes)[:5]}")
+    differ = (np.packbits(codes > 0, axis=1) != packed).any(axis=1)
+    if differ.any():
+        raise ValueError(
+            f"{path}: packed is not the codes packed (np.packbits(codes > 0)) in "
+            f"{int(differ.sum())} rows, e.g. {ids[differ][:3].tolist()}"
+        )
 
 
 def _atomic_savez(path: Path, **arrays: np.ndarray) -> None:

@@ -7,7 +7,9 @@ time; the codes come back into `codes.npz` with the item ids (see `serving.code_
 Progress is checkpointed every few seconds, so an interrupted run continues with
 `--resume`, which also encodes only the new items of a collection that grew. Every code of
 one file comes from one model version: the first run pins the version the server serves.
-Files the server cannot decode are named, recorded in the file, and skipped.
+Files the server cannot decode, and images whose header declares more than `--max-pixels`
+pixels (never sent), are named, recorded in the file, and skipped. A full disk stops the
+run with one line; the checkpoint keeps what was saved, for `--resume`.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from serving.cli import add_endpoint_arguments, add_retry_arguments, add_verbose
 from serving.client import RequestFailed, ServingClient, map_concurrently
 from serving.code_store import CodesOrigin, CodeStore, StoredCodes
 from serving.collection import INPUT_FORMS, Collection, open_collection
+from serving.pixel_budget import DEFAULT_MAX_PIXELS, TooManyPixels, check_pixels
 
 logger = logging.getLogger(__name__)
 
@@ -44,11 +47,13 @@ def encode_collection(
     concurrency: int = 4,
     progress: bool = True,
     checkpoint_seconds: float = _CHECKPOINT_SECONDS,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> tuple[StoredCodes, dict[str, str]]:
     """Encodes the items of `collection` not in `previous`, checkpointing into `store`
     every `checkpoint_seconds` (a table of `serving.encode_table`: every batch).
 
-    Returns every code (previous ones first) and `{id: reason}` of the items skipped.
+    Returns every code (previous ones first) and `{id: reason}` of the items skipped
+    (among them those declaring more than `max_pixels` pixels, which are not sent).
     On an error or interrupt, what was received is checkpointed before it propagates.
     """
     done = set(previous.ids.tolist()) if previous is not None else set()
@@ -60,7 +65,7 @@ def encode_collection(
     saved, last_save = 0, time.monotonic()
 
     def request(positions: list[int]):
-        return _encode_batch(client, collection, positions)
+        return _encode_batch(client, collection, positions, max_pixels)
 
     bar = tqdm(total=len(pending), desc="Encoding", unit="image", disable=not progress)
     try:
@@ -81,16 +86,23 @@ def encode_collection(
     return _merged(pieces, origin.bits), failures
 
 
-def _encode_batch(client: ServingClient, collection: Collection, positions: list[int]):
-    """(ids, codes, packed, {id: reason}) of one batch: unreadable files and images the
-    server cannot decode are left out with their reason."""
+def _encode_batch(
+    client: ServingClient, collection: Collection, positions: list[int], max_pixels: int
+):
+    """(ids, codes, packed, {id: reason}) of one batch: unreadable files, images over
+    `max_pixels` and images the server cannot decode are left out with their reason."""
     images, readable, failures = [], [], {}
     for position in positions:
         try:
-            images.append(collection.read(position))
-            readable.append(position)
+            contents = collection.read(position)
+            check_pixels(contents, max_pixels, "the image")
         except OSError as err:
             failures[collection.ids[position]] = f"cannot read the file: {err.strerror or err}"
+        except TooManyPixels as err:
+            failures[collection.ids[position]] = str(err)
+        else:
+            images.append(contents)
+            readable.append(position)
     batch = client.encode(images)
     for index, message in batch.failures.items():
         failures[collection.ids[readable[index]]] = message.strip().splitlines()[0]
@@ -177,7 +189,10 @@ def run(args: argparse.Namespace) -> int:
                 previous=previous,
                 batch_size=args.batch_size,
                 concurrency=args.concurrency,
+                max_pixels=args.max_pixels,
             )
+        except OSError as err:  # the checkpoint could not be written: a full disk
+            return _cannot_write(err, store)
         except (RequestFailed, KeyboardInterrupt) as err:
             reason = "interrupted" if isinstance(err, KeyboardInterrupt) else f"error: {err}"
             print(
@@ -186,7 +201,10 @@ def run(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return 130 if isinstance(err, KeyboardInterrupt) else 1
-    count = store.finish(collection.ids, encoded, failures, origin)
+    try:
+        count = store.finish(collection.ids, encoded, failures, origin)
+    except OSError as err:
+        return _cannot_write(err, store)
     seconds = time.monotonic() - start
     new = len(encoded.ids) - (len(previous.ids) if previous else 0)
     if previous is not None and (gone := set(previous.ids.tolist()) - set(collection.ids)):
@@ -208,6 +226,16 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     return 0
+
+
+def _cannot_write(err: OSError, store: CodeStore) -> int:
+    print(
+        f"error: cannot write {err.filename or store.out}: {err.strerror or err}. The codes "
+        f"saved so far are in {store.parts}; make room, then run the same command with "
+        "--resume to continue.",
+        file=sys.stderr,
+    )
+    return 1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -253,6 +281,12 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="discard an existing --out and its checkpoint (with --index: replace the codes "
         "of ids already in the table instead of skipping them)",
+    )
+    parser.add_argument(
+        "--max-pixels",
+        type=positive(int),
+        default=DEFAULT_MAX_PIXELS,
+        help="files whose header declares more pixels are skipped, unsent (default: %(default)s)",
     )
     add_verbose_argument(parser)
     args = parser.parse_args(argv)

@@ -40,7 +40,7 @@ from serving import (
     PIXELS_SIGNATURE,
     WARMUP_FILE,
 )
-from serving.cli import add_verbose_argument
+from serving.cli import add_verbose_argument, positive
 from serving.layout import (
     next_version,
     remove_stale_staging,
@@ -48,6 +48,7 @@ from serving.layout import (
     version_directories,
 )
 from serving.model_config import add_model_to_config
+from serving.pixel_budget import DEFAULT_MAX_PIXELS
 from serving.session_bundle import SessionBundle
 from serving.signatures import EncoderServingGraph
 
@@ -105,6 +106,7 @@ def export_encoder(
     version: int | None = None,
     config: dict | None = None,
     progress: bool = False,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> Path:
     """Writes `encoder` as `base_path/<version>/` and returns that directory.
 
@@ -116,6 +118,8 @@ def export_encoder(
         config: the training config, whose dataset and hash go into the metadata.
             Defaults to None.
         progress: show a progress bar over the export stages. Defaults to False.
+        max_pixels: the served graph refuses images declaring more pixels, before
+            decoding them. Defaults to 40,000,000.
 
     Raises:
         FileExistsError: `version` already exists under `base_path`.
@@ -128,7 +132,7 @@ def export_encoder(
         )
     base.mkdir(parents=True, exist_ok=True)
     remove_stale_staging(base)
-    graph = EncoderServingGraph(encoder)
+    graph = EncoderServingGraph(encoder, max_pixels)
     staging = Path(tempfile.mkdtemp(prefix=staging_prefix(), dir=base))
     staging.chmod(0o755)  # mkdtemp's is private; a server running as another user reads it
     stages = tqdm(total=4, desc="Exporting", unit="stage", disable=not progress)
@@ -164,12 +168,12 @@ def export_run(
     base_path: str | Path,
     *,
     bits: int | None = None,
-    version: int | None = None,
-    progress: bool = False,
+    **options,
 ) -> Path:
-    """Exports the `bits`-bit encoder of `run_dir` (see `export_encoder`)."""
+    """Exports the `bits`-bit encoder of `run_dir`; `options` are `export_encoder`'s
+    `version`, `progress` and `max_pixels`."""
     encoder, config = load_run_encoder(run_dir, bits)
-    return export_encoder(encoder, base_path, version=version, config=config, progress=progress)
+    return export_encoder(encoder, base_path, config=config, **options)
 
 
 def example_image(shape: tuple[int, int, int]) -> bytes:
@@ -205,6 +209,7 @@ def _write_metadata(path: Path, graph: EncoderServingGraph, config: dict) -> Non
         "bits": graph.bits,
         "image_size": [height, width],
         "channels": channels,
+        "max_pixels": graph.max_pixels,
         "dataset": config.get("dataset"),
         "config_sha256": config_hash(config),
         "signatures": {IMAGES_SIGNATURE: IMAGES_INPUT, PIXELS_SIGNATURE: PIXELS_INPUT},
@@ -268,6 +273,13 @@ def main(argv: list[str] | None = None) -> int:
         "for tensorflow_model_server --model_config_file and serving.server "
         "--model-config-file",
     )
+    parser.add_argument(
+        "--max-pixels",
+        type=positive(int),
+        default=DEFAULT_MAX_PIXELS,
+        help="the served model refuses images whose header declares more pixels, before "
+        "decoding them (default: %(default)s, the training readers' limit)",
+    )
     add_verbose_argument(parser)
     args = parser.parse_args(argv)
     if args.version is not None and args.version < 0:
@@ -279,6 +291,7 @@ def main(argv: list[str] | None = None) -> int:
             bits=args.bits,
             version=args.version,
             progress=True,
+            max_pixels=args.max_pixels,
         )
     except (FileNotFoundError, FileExistsError, ValueError) as error:
         raise SystemExit(f"error: {error}") from error

@@ -109,10 +109,28 @@ def _from_json(value, dtype: tf.DType):
 
 def _tensor(value, name: str, dtype: tf.DType):
     try:
-        array = np.array(value, dtype=object if dtype == tf.string else dtype.as_numpy_dtype)
+        array = np.array(value, dtype=object) if dtype == tf.string else _numbers(value, dtype)
         return tf.make_tensor_proto(array, dtype=dtype)
-    except (TypeError, ValueError) as error:
+    except (TypeError, ValueError, OverflowError) as error:
         raise _invalid(f"input '{name}' is not a {dtype.name} tensor: {error}") from None
+
+
+# What a JSON array holds, by the kind of the array NumPy makes of it.
+_KINDS = {"U": "strings", "O": "nulls, objects or ragged lists", "b": "booleans", "f": "fractions"}
+
+
+def _numbers(value, dtype: tf.DType) -> np.ndarray:
+    """A numeric input as an array of `dtype`: strings ("1.5" included), nulls and
+    objects are refused, not converted, and so are NaN and infinite floats."""
+    array = np.array(value)
+    allowed = "b" if dtype == tf.bool else "iu" if dtype.is_integer else "iuf"
+    if array.dtype.kind not in allowed:
+        held = _KINDS.get(array.dtype.kind, array.dtype.name)
+        raise ValueError(f"it holds {held}, where {dtype.name} values are expected")
+    array = array.astype(dtype.as_numpy_dtype)
+    if dtype.is_floating and not np.isfinite(array).all():
+        raise ValueError(f"it holds {array[~np.isfinite(array)][0]}; pixels must be finite")
+    return array
 
 
 def predict_request(body: bytes, spec: model_pb2.ModelSpec, handlers: Handlers):
@@ -121,6 +139,8 @@ def predict_request(body: bytes, spec: model_pb2.ModelSpec, handlers: Handlers):
         raise _invalid("JSON Parse error: The document is empty")
     try:
         document = json.loads(body)
+    except RecursionError:
+        raise _invalid("JSON Parse error: The document is nested too deeply") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         position = getattr(error, "pos", getattr(error, "start", 0))
         message = getattr(error, "msg", str(error))
@@ -251,9 +271,14 @@ class _RestHandler(BaseHTTPRequestHandler):
         match = _PREDICT.fullmatch(self.path)
         if not match:
             raise self._malformed()
-        length = int(self.headers.get("Content-Length") or 0)
-        if length > MAX_BODY_BYTES:
-            raise _invalid(f"Request body of {length} bytes exceeds {MAX_BODY_BYTES}")
+        declared = self.headers.get("Content-Length") or "0"
+        if not declared.isdigit() or int(declared) > MAX_BODY_BYTES:
+            self.close_connection = True  # the body is not read: the connection cannot go on
+            raise _invalid(
+                f"Content-Length: {declared[:40]!r} is not a body size from 0 to {MAX_BODY_BYTES} "
+                "bytes"
+            )
+        length = int(declared)
         request, row = predict_request(self.rfile.read(length), _model_spec(match), self.handlers)
         return predict_json(self.handlers.predict(request), row)
 
@@ -267,6 +292,8 @@ class _RestHandler(BaseHTTPRequestHandler):
             status, answer = HTTP_STATUS.get(error.code, 500), {"error": error.message}
         body = json.dumps(answer).encode()
         self.send_response(status)
+        if self.close_connection:
+            self.send_header("Connection", "close")
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()

@@ -3,7 +3,9 @@
 Preprocessing lives in the graph so that every client, in any language, gets the
 codes training would give: images are decoded with the op and channel count the
 data loaders use and resized with the loaders' own `resize_square`, so a
-`folder:` image arrives at the encoder with the same uint8 pixels.
+`folder:` image arrives at the encoder with the same uint8 pixels. An image whose
+header declares more pixels than the export's budget is refused before it is decoded
+(`serving.pixel_budget`).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import tensorflow as tf
 from harr_tf.data.folder import resize_square
 from harr_tf.layers import sign_codes
 from serving import IMAGES_INPUT, IMAGES_SIGNATURE, PIXELS_INPUT, PIXELS_SIGNATURE
+from serving.pixel_budget import DEFAULT_MAX_PIXELS, budget_check
 
 # Most-significant bit first, as np.packbits.
 _BIT_WEIGHTS = tuple(1 << (7 - position) for position in range(8))
@@ -37,10 +40,15 @@ class EncoderServingGraph:
     Args:
         encoder: a Keras model mapping float pixels (batch, H, W, C) in [0, 255] to
             continuous codes (batch, bits), as `harr_tf.encoder.build_encoder` makes.
+        max_pixels: `encode_images` refuses (INVALID_ARGUMENT) an image whose header
+            declares more pixels, before decoding it. Defaults to 40,000,000, the
+            training readers' limit.
     """
 
-    def __init__(self, encoder: keras.Model) -> None:
-        self.encoder = encoder
+    def __init__(self, encoder: keras.Model, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+        if max_pixels < 1:
+            raise ValueError(f"`max_pixels` must be positive. Received: max_pixels={max_pixels}")
+        self.encoder, self.max_pixels = encoder, int(max_pixels)
         height, width, channels = (int(size) for size in encoder.input_shape[1:])
         self.image_shape = (height, width, channels)
         self.bits = int(encoder.output_shape[-1])
@@ -82,6 +90,13 @@ class EncoderServingGraph:
     def _decode(self, contents: tf.Tensor) -> tf.Tensor:
         """One encoded image → uint8 (H, W, C), as the data loaders would read it."""
         height, width, channels = self.image_shape
+        with tf.control_dependencies([budget_check(contents, self.max_pixels)]):
+            image = self._decode_within_budget(contents)
+        image = tf.ensure_shape(image, [None, None, channels])
+        return tf.ensure_shape(resize_square(image, (height, width)), self.image_shape)
+
+    def _decode_within_budget(self, contents: tf.Tensor) -> tf.Tensor:
+        channels = self.image_shape[-1]
         if channels == 3:  # what the folder reader does
             image = tf.io.decode_image(contents, channels=3, expand_animations=False)
         else:
@@ -92,8 +107,7 @@ class EncoderServingGraph:
                 lambda: tf.image.rgb_to_grayscale(native[..., :3]),
                 lambda: native[..., :1],
             )
-        image = tf.ensure_shape(image, [None, None, channels])
-        return tf.ensure_shape(resize_square(image, (height, width)), self.image_shape)
+        return image
 
     def _outputs(self, pixels: tf.Tensor) -> dict[str, tf.Tensor]:
         # oneDNN's Conv2D fails on a batch of 0, so that case never reaches the encoder.

@@ -8,10 +8,12 @@ import shutil
 import subprocess
 import sys
 import threading
+import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 from serving_support import REPO_ROOT, encoded_images, sample_images
 
 from harr_tf.index import HammingIndex
@@ -121,6 +123,59 @@ def test_bad_requests_get_a_clear_message(api):
     response = api.post("/api/search", data={})
     assert response.status_code == 400 and "field 'image'" in response.get_json()["error"]
     assert api.get("/thumbnails/../codes.npz").status_code == 404
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A PNG that declares width × height pixels and holds none (about 60 bytes)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = zlib.crc32(kind + data).to_bytes(4, "big")
+        return len(data).to_bytes(4, "big") + kind + data + crc
+
+    header = width.to_bytes(4, "big") + height.to_bytes(4, "big") + bytes([8, 0, 0, 0, 0])
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b"")
+
+
+@pytest.fixture
+def offline_app(tmp_path):
+    """A page over 3 items, one with a newline in its id, whose model server is
+    unreachable: an upload that reached the model would get a 502."""
+    folder = tmp_path / "images"
+    ids = ["blobs/00.png", "blobs/line\nbreak.png", "specks/00.png"]
+    for item, contents in zip(ids, encoded_images(sample_images(3)), strict=True):
+        (folder / item).parent.mkdir(parents=True, exist_ok=True)
+        (folder / item).write_bytes(contents)
+    packed = np.array([[0, 0], [0, 1], [255, 255]], np.uint8)
+    with ServingClient("127.0.0.1:1", retries=0) as client:
+        yield create_app(HammingIndex.build(packed, ids), client, folder, top_k=2).test_client()
+
+
+def test_a_decompression_bomb_upload_is_refused_from_its_header(offline_app):
+    blank = io.BytesIO()
+    Image.new("L", (8000, 8000)).save(blank, "PNG")
+    response = upload(offline_app, blank.getvalue(), "big.png")
+    assert len(blank.getvalue()) < 64 * 1024 and response.status_code == 400
+    assert response.get_json()["error"] == (
+        "big.png is 8000 x 8000 pixels, over the limit of 40000000 pixels."
+    )
+    bomb = png_header(100_000, 100_000)
+    response = upload(offline_app, bomb, "bomb.png")
+    assert len(bomb) < 100 and response.status_code == 400
+    assert re.fullmatch(
+        r"bomb.png is more than \d+ pixels, over the limit of 40000000 pixels.",
+        response.get_json()["error"],
+    )
+    response = upload(offline_app, encoded_images(sample_images(1))[0])
+    assert response.status_code == 502  # within the budget: sent to the (absent) model
+
+
+def test_an_id_holding_a_newline_is_reachable_through_the_api(offline_app):
+    answer = offline_app.get("/api/items/blobs/line%0Abreak.png").get_json()
+    assert answer["id"] == "blobs/line\nbreak.png" and answer["class"] == "blobs"
+    assert [r["id"] for r in answer["results"]] == ["blobs/line\nbreak.png", "blobs/00.png"]
+    assert answer["thumbnail"] == "/thumbnails/blobs/line%0Abreak.png"
+    thumbnail = offline_app.get(answer["thumbnail"])
+    assert thumbnail.status_code == 200 and thumbnail.data[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_the_page_lists_the_collection(api):

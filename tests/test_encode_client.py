@@ -4,10 +4,13 @@ Reference codes come from the same exported SavedModel loaded in this process
 (`encode_pixels` on the raw pixels), so a match also checks the server's decoding.
 """
 
+import contextlib
 import dataclasses
+import io
 import os
 import signal
 import socket
+import subprocess
 import threading
 
 import grpc
@@ -15,12 +18,15 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from conftest import require_fashion_mnist
+from PIL import Image
 from serving_support import ServingProcess, encoded_images
+from test_search_writers import mount_tmpfs
 
 import serving.encode
 from harr_tf.data import load_dataset
 from serving import PIXELS_INPUT, PIXELS_SIGNATURE
 from serving.client import RequestFailed, ServingClient, map_concurrently
+from serving.code_store import CodeStore
 from serving.encode import main as encode_main
 
 COUNT = 40
@@ -279,3 +285,60 @@ def test_map_concurrently_bounds_calls_in_flight_and_propagates_errors():
 
     with pytest.raises(ValueError, match="item 4"):
         list(map_concurrently(failing, range(100), concurrency=2))
+
+
+def test_an_image_over_the_pixel_budget_is_skipped_unsent(grpc_server, collection, tmp_path):
+    folder, ids, _, reference = collection
+    blank = io.BytesIO()
+    Image.new("L", (8000, 8000)).save(blank, "PNG")  # 62 KB, 64 MB decoded
+    (folder / "huge.png").write_bytes(blank.getvalue())
+    try:
+        out = tmp_path / "codes.npz"
+        assert encode(grpc_server, folder, out) == 0
+    finally:
+        (folder / "huge.png").unlink()
+    stored = read_codes(out)
+    assert stored["ids"].tolist() == ids
+    np.testing.assert_array_equal(stored["codes"], reference)
+    assert stored["failed_ids"].tolist() == ["huge.png"]
+    assert stored["failed_reasons"].tolist() == [
+        "the image is 8000 x 8000 pixels, over the limit of 40000000 pixels."
+    ]
+    assert encode(grpc_server, folder, tmp_path / "small.npz", "--max-pixels", "700") == 0
+    assert len(read_codes(tmp_path / "small.npz")["failed_ids"]) == COUNT  # 28 x 28 = 784
+
+
+def test_a_full_disk_is_one_line_and_resume_finishes_with_nothing_lost(
+    grpc_server, collection, tmp_path, capsys
+):
+    """The checkpoint fits on the disk, the codes file beside it does not: the run stops
+    with one line, the checkpoint holds every code, and `--resume` writes the file
+    without sending anything once there is room."""
+    folder, ids, _, reference = collection
+    disk = mount_tmpfs(tmp_path / "disk", "1m")
+    try:
+        fillers = []
+        with contextlib.suppress(OSError):  # fill the disk page by page
+            while True:
+                fillers.append(disk / f"filler{len(fillers)}")
+                fillers[-1].write_bytes(b"\0" * 4096)
+        for filler in fillers[-3:]:  # room for the checkpoint's meta.json and one part
+            filler.unlink(missing_ok=True)
+        out = disk / "codes.npz"
+        assert encode(grpc_server, folder, out) == 1
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert err.startswith("error: cannot write ") and "No space left on device" in err
+        assert f"The codes saved so far are in {out}.parts" in err
+        saved = CodeStore(out).load()  # what the checkpoint holds: codes as the server gave
+        assert not out.exists() and len(saved.ids) > 0
+        np.testing.assert_array_equal(saved.codes, reference[[ids.index(i) for i in saved.ids]])
+        for filler in fillers[:-3]:
+            filler.unlink()
+        assert encode(grpc_server, folder, out, "--resume") == 0
+        new = COUNT - len(saved.ids)
+        assert f"Wrote {COUNT} codes of {COUNT} items ({new} new" in capsys.readouterr().out
+        stored = read_codes(out)
+        assert stored["ids"].tolist() == ids
+        np.testing.assert_array_equal(stored["codes"], reference)
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)

@@ -3,6 +3,7 @@ encoder's through TF Serving's own loader (TF1 session, `saved_model_cli run`), 
 training preprocessing in the graph, atomic versions, stale staging removed."""
 
 import hashlib
+import io
 import json
 import os
 import re
@@ -18,6 +19,7 @@ import pytest
 import tensorflow as tf
 import yaml
 from google.protobuf import text_format
+from PIL import Image
 from serving_support import TINY_BITS, TINY_SHAPE, encoded_images, make_tiny_run, sample_images
 from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow_serving.apis import prediction_log_pb2
@@ -203,6 +205,42 @@ def test_every_format_decodes_to_the_training_pixels(exported_base, encoder):
     np.testing.assert_array_equal(codes.numpy(), encode_images(encoder, images))
 
 
+def blank_png(width: int, height: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("L", (width, height)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def test_the_session_loaded_graph_refuses_images_over_its_pixel_budget(
+    exported_base, tiny_run_dir, tmp_path, capsys
+):
+    """TF Serving's loader runs the budget check: a 62 KB PNG of 8,000 × 8,000 pixels
+    fails INVALID_ARGUMENT naming its size; `--max-pixels` sets an export's budget."""
+    bundle = SessionBundle(exported_base / "1")
+    good = np.array(encoded_images(sample_images(1)), object)
+    with pytest.raises(tf.errors.InvalidArgumentError) as refused:
+        bundle.run(
+            "serving_default", {"images": np.array([good[0], blank_png(8000, 8000)], object)}
+        )
+    assert "The image is 8000 x 8000 pixels, over the limit of 40000000 pixels" in str(
+        refused.value
+    )
+    assert bundle.run("serving_default", {"images": good})["codes"].shape == (1, TINY_BITS)
+    base = tmp_path / "harr"
+    arguments = ["--run-dir", str(tiny_run_dir), "--model-base-path", str(base)]
+    assert export.main([*arguments, "--max-pixels", str(28 * 28)]) == 0
+    assert json.loads((base / "1" / METADATA_FILE).read_text())["max_pixels"] == 784
+    small = SessionBundle(base / "1")
+    assert small.run("serving_default", {"images": good})["codes"].shape == (1, TINY_BITS)
+    with pytest.raises(
+        tf.errors.InvalidArgumentError, match="28 x 29 pixels, over the limit of 784"
+    ):
+        small.run("serving_default", {"images": np.array([blank_png(28, 29)], object)})
+    with pytest.raises(SystemExit):
+        export.main([*arguments, "--max-pixels", "0"])
+    assert "--max-pixels" in capsys.readouterr().err
+
+
 def test_colour_images_of_any_size_match_the_folder_loader(colour_model, tmp_path):
     encoder, version_dir = colour_model
     folder = tmp_path / "photos"
@@ -252,6 +290,7 @@ def test_warmup_requests_replay_through_the_session_and_metadata(
     assert metadata["bits"] == TINY_BITS
     assert metadata["image_size"] == list(TINY_SHAPE[:2])
     assert metadata["channels"] == TINY_SHAPE[2]
+    assert metadata["max_pixels"] == 40_000_000
     assert metadata["dataset"] == config["dataset"]
     canonical = json.dumps(config, sort_keys=True).encode()
     assert metadata["config_sha256"] == hashlib.sha256(canonical).hexdigest()

@@ -4,6 +4,7 @@ with TF Serving's HTTP codes (those of the gRPC status the same request gets).""
 
 import base64
 import json
+import socket
 import urllib.error
 import urllib.request
 
@@ -109,6 +110,13 @@ def test_row_and_columnar_predict_give_the_in_memory_codes(rest, expected):
     assert status == 200 and answer["outputs"]["codes"] == []
 
 
+def pixels_with(value) -> list:
+    """One image of 28 × 28 × 1 float pixels as JSON rows, its first pixel `value`."""
+    rows = np.zeros((1, *TINY_SHAPE)).tolist()
+    rows[0][0][0][0] = value
+    return rows
+
+
 def bad_requests():
     """(name, path, body or None for GET, HTTP code, the start of TF Serving's message,
     the gRPC request that fails the same way or None)."""
@@ -185,6 +193,22 @@ def bad_requests():
             ),
         ),
         ("bad b64", predict, {"instances": [{"b64": "***"}]}, 400, "Unable to base64 decode", None),
+        (
+            "NaN pixels",
+            predict,
+            {"signature_name": "encode_pixels", "instances": pixels_with(float("nan"))},
+            400,
+            "input 'pixels' is not a float32 tensor: it holds nan; pixels must be finite",
+            None,
+        ),
+        (
+            "string pixels",
+            predict,
+            {"signature_name": "encode_pixels", "instances": pixels_with("12.5")},
+            400,
+            "input 'pixels' is not a float32 tensor: it holds strings, where float32 values are",
+            None,
+        ),
         ("unknown path", "/v2/whatever", None, 400, "Malformed request: GET /v2/whatever", None),
         (
             "status of an unknown model",
@@ -212,6 +236,26 @@ def test_bad_request_gets_tf_serving_error_and_server_keeps_serving(
         with pytest.raises(grpc.RpcError) as caught:
             stub.Predict(grpc_request, timeout=30)
         assert HTTP_STATUS[caught.value.code()] == code
+    images, codes, _ = expected
+    good = {"instances": [b64(data) for data in encoded_images(images[:1])]}
+    status, answer = call(rest, f"/v1/models/{MODEL_NAME}:predict", good)
+    assert status == 200 and answer["predictions"][0]["codes"] == codes[0].tolist()
+
+
+@pytest.mark.parametrize("length", ["abc", "-5", "99999999999999999999"])
+def test_a_bad_content_length_gets_a_400_reply_and_the_server_keeps_serving(rest, expected, length):
+    host, port = rest.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=30) as connection:
+        connection.sendall(
+            f"POST /v1/models/{MODEL_NAME}:predict HTTP/1.1\r\nHost: {rest}\r\n"
+            f"Content-Length: {length}\r\n\r\n{{}}".encode()
+        )
+        reply = b""
+        while chunk := connection.recv(65536):  # the server closes the connection
+            reply += chunk
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 "), reply
+    assert json.loads(body)["error"].startswith(f"Content-Length: {length!r} is not a body size")
     images, codes, _ = expected
     good = {"instances": [b64(data) for data in encoded_images(images[:1])]}
     status, answer = call(rest, f"/v1/models/{MODEL_NAME}:predict", good)

@@ -127,6 +127,23 @@ def test_build_errors_name_the_input(tmp_path):
     with pytest.raises(SystemExit, match="No index file"):
         search_main(["query", "--index", index_file, "--server", "127.0.0.1:1", "x.png"])
 
+    def build_from(**arrays):
+        np.savez(tmp_path / "bad.npz", **{"ids": np.array(["a", "b"]), **arrays})
+        search_main(["build", "--codes", str(tmp_path / "bad.npz"), "--index", index_file])
+
+    twenty = np.ones((2, 20), np.int8)  # 20 bits cannot be packed into whole bytes
+    with pytest.raises(SystemExit, match=r"codes has 20 columns but packed has 3 bytes \(24 bits"):
+        build_from(codes=twenty, packed=np.packbits(twenty > 0, axis=1))
+    codes = np.array([[1, -1] * 8, [-1, 1] * 8], np.int8)
+    with pytest.raises(SystemExit, match=r"packed is not the codes packed .* 1 rows, e.g. \['b'\]"):
+        build_from(codes=codes, packed=np.packbits(codes[[0, 0]] > 0, axis=1))
+    with pytest.raises(SystemExit, match=r"codes must be -1 or \+1"):
+        build_from(codes=codes * 2, packed=np.packbits(codes > 0, axis=1))
+    objects = np.array([np.ones(16), np.ones(8)], dtype=object)
+    with pytest.raises(SystemExit, match=r"bad.npz is not a readable codes file: Object arrays"):
+        build_from(codes=objects, packed=np.packbits(codes > 0, axis=1))
+    assert not (tmp_path / "harr.faiss").exists()
+
 
 def test_query_rerank_orders_the_hamming_top_n_by_the_continuous_code(
     grpc_server, encoded_folder, tmp_path, capsys

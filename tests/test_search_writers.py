@@ -114,7 +114,7 @@ def test_a_second_writer_stops_with_one_line_naming_the_holder(base_index, tmp_p
     assert index_file.read_bytes() == before
 
 
-def _mount_tmpfs(directory: Path, size: str) -> None:
+def mount_tmpfs(directory: Path, size: str) -> Path:
     """Mounts a small tmpfs at `directory`; skips where that is not allowed, except in CI."""
     directory.mkdir()
     try:
@@ -130,13 +130,14 @@ def _mount_tmpfs(directory: Path, size: str) -> None:
         if os.environ.get("CI") == "true":
             pytest.fail(reason)
         pytest.skip(reason)
+    return directory
 
 
 @pytest.fixture
 def small_disk(tmp_path):
     """A 2 MB tmpfs, unmounted afterwards."""
     directory = tmp_path / "disk"
-    _mount_tmpfs(directory, "2m")
+    mount_tmpfs(directory, "2m")
     yield directory
     subprocess.run(["umount", str(directory)], check=True)
 

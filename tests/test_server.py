@@ -1,10 +1,15 @@
 """The development gRPC server, as a real `python -m serving.server` process: answers
 like TensorFlow Serving, survives bad requests, picks up new versions, holds its memory."""
 
+import base64
+import io
+import json
 import re
 import shutil
 import threading
 import time
+import urllib.error
+import urllib.request
 
 import grpc
 import keras
@@ -12,6 +17,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from google.protobuf import text_format
+from PIL import Image
 from serving_support import (
     MODEL_NAME,
     READY_LINE,
@@ -438,3 +444,43 @@ def test_a_model_config_naming_a_missing_base_path_is_one_line_at_start(tmp_path
         f"'{tmp_path / 'nowhere'}' is not a directory"
     )
     assert not [line for line in server.lines if "Traceback" in line]
+
+
+def peak_rss_kib(pid: int) -> int:
+    """The process's peak resident memory so far (VmHWM), which a decode cannot hide."""
+    with open(f"/proc/{pid}/status") as status:
+        return int(next(line for line in status if line.startswith("VmHWM:")).split()[1])
+
+
+def blank_png(width: int, height: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("L", (width, height)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def test_a_decompression_bomb_is_refused_before_decoding_over_grpc_and_rest(exported_base):
+    """A 62 KB PNG of 8,000 × 8,000 pixels would take 64 MB decoded and 256 MB more
+    resized in float32; the graph refuses it from its header: INVALID_ARGUMENT (REST
+    400) naming its size, the server's peak memory unchanged, the next request served."""
+    bomb, good = blank_png(8000, 8000), encoded_images(sample_images(1, seed=4))
+    assert len(bomb) < 64 * 1024
+    message = "The image is 8000 x 8000 pixels, over the limit of 40000000 pixels"
+    with ServingProcess(exported_base, "--rest-api-port", "0") as server:
+        prediction, _ = stubs(server.address)
+        prediction.Predict(predict_request({"images": good}), timeout=60)  # warm
+        before = peak_rss_kib(server.pid)
+        for _ in range(3):
+            code, details = status_of(prediction.Predict, predict_request({"images": [bomb]}))
+            assert code == grpc.StatusCode.INVALID_ARGUMENT and message in details
+        body = json.dumps({"instances": [{"b64": base64.b64encode(bomb).decode()}]}).encode()
+        request = urllib.request.Request(
+            f"http://{server.rest_address}/v1/models/{MODEL_NAME}:predict", data=body
+        )
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=60)
+        assert refused.value.code == 400
+        assert message in json.loads(refused.value.read())["error"]
+        growth = peak_rss_kib(server.pid) - before
+        assert growth < 32 * 1024, f"peak memory grew {growth} KiB"
+        response = prediction.Predict(predict_request({"images": good}), timeout=60)
+        assert outputs_of(response)["codes"].shape == (1, TINY_BITS)
