@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 import psycopg
-from psycopg import sql
 
+from harr_tf import postgres_rows as rows_sql
 from harr_tf import postgres_table as tables
 from harr_tf.index import HammingIndex, _check_ids, _check_packed
 from harr_tf.index_kinds import KIND_OPTIONS
@@ -105,7 +105,7 @@ class PostgresIndex:
         if len(packed) == 0:
             raise ValueError("Cannot build an index of zero codes.")
         _check_ids(ids)
-        rows = _Rows(packed, list(ids), _checked_metadata(metadata, len(ids)), continuous)
+        rows = _Rows(packed, list(ids), tables.checked_metadata(metadata, len(ids)), continuous)
         info = TableInfo(
             packed.shape[1] * 8,
             kind,
@@ -136,13 +136,7 @@ class PostgresIndex:
         """The table at `location`, created (flat, empty) if missing; refuses another length."""
         where = TableLocation.parse(location)
         connection = connect(where)
-        with connection.transaction():
-            tables.lock_table_name(connection, where)
-            info = tables.describe(connection, where)
-            if info is None:
-                tables.require_vector(connection, where)
-                tables.create_table(connection, where, bits, "flat", {})
-                info = TableInfo(bits, "flat", {}, (), True)
+        info = tables.open_or_create(connection, where, bits)
         index = cls(where, connection, info)
         if info.bits != bits:
             index.close()
@@ -199,15 +193,7 @@ class PostgresIndex:
     def __len__(self) -> int:
         return len(self.ids)
 
-    def check_queries(self, packed_queries: np.ndarray) -> np.ndarray:
-        """`packed_queries` as contiguous uint8, or an error if their length differs."""
-        queries = _check_packed(packed_queries, "packed_queries")
-        if queries.shape[1] * 8 != self.bits:
-            raise ValueError(
-                f"Codes of {queries.shape[1] * 8} bits but the index holds {self.bits}-bit "
-                "codes: encode them with the model that encoded the collection."
-            )
-        return queries
+    check_queries = HammingIndex.check_queries  # the same check and message: it reads bits
 
     def search(
         self,
@@ -260,15 +246,14 @@ class PostgresIndex:
         if self._staged is not None:
             rows = self._staged.packed
             return rows.copy() if positions is None else rows[np.asarray(positions, np.int64)]
-        query = sql.SQL("SELECT id, code FROM {} WHERE id = ANY(%s)").format(self._table)
         with self._lock:
-            found = dict(self._connection.execute(query, [list(set(wanted))]).fetchall())
+            found = rows_sql.codes_of(self._writable, self.location, wanted)
         gone = [item for item in wanted if item not in found]
         if gone:
             raise ValueError(
                 f"{len(gone)} ids were removed from {self.location} meanwhile, e.g. {gone[:5]}"
             )
-        return tables.packed_codes([found[item] for item in wanted], self.bits)
+        return rows_sql.packed_codes([found[item] for item in wanted], self.bits)
 
     def add(
         self,
@@ -284,23 +269,24 @@ class PostgresIndex:
         if len(packed) != len(ids):
             raise ValueError(f"{len(packed)} codes but {len(ids)} ids: expected one id per code.")
         _check_ids(ids)
-        metadata = _checked_metadata(metadata, len(ids))
+        metadata = tables.checked_metadata(metadata, len(ids))
         extra = [name for name in metadata if name not in self.metadata_columns]
         if extra:
             raise ValueError(
                 f"{self.location} has no metadata column {extra[0]!r}; its "
                 f"columns are {list(self.metadata_columns)} (fixed by `build`)."
             )
-        present_query = sql.SQL("SELECT id FROM {} WHERE id = ANY(%s)").format(self._table)
         try:
-            with self._lock, self._connection.transaction():
-                present = [row[0] for row in self._connection.execute(present_query, [list(ids)])]
+            with self._lock, self._writable.transaction():
+                present = rows_sql.present_ids(self._connection, self.location, ids)
                 if present:
                     raise ValueError(
                         f"{len(present)} of the ids are already in the index, e.g. "
                         f"{sorted(present)[:5]}: remove them first, or add only new ids."
                     )
-                tables.copy_rows(self._connection, self.location, ids, packed, continuous, metadata)
+                rows_sql.copy_rows(
+                    self._connection, self.location, ids, packed, continuous, metadata
+                )
         except psycopg.errors.UniqueViolation as err:
             raise ValueError(
                 f"another writer added some of these ids meanwhile: {one_line(err)}"
@@ -309,28 +295,17 @@ class PostgresIndex:
 
     def remove(self, ids: Sequence[str]) -> None:
         """Drops the codes of `ids` in one transaction; refuses ids not in the table."""
-        table, wanted = self._table, list(dict.fromkeys(ids))
-        with self._lock, self._connection.transaction():
-            found = {
-                row[0]
-                for row in self._connection.execute(
-                    sql.SQL("SELECT id FROM {} WHERE id = ANY(%s) FOR UPDATE").format(table),
-                    [wanted],
-                )
-            }
+        wanted = list(dict.fromkeys(ids))
+        with self._lock, self._writable.transaction():
+            found = rows_sql.present_ids(self._connection, self.location, wanted, lock=True)
             unknown = set(wanted) - found
             if unknown:
                 raise ValueError(
                     f"{len(unknown)} ids are not in the index, e.g. {sorted(unknown)[:5]}"
                 )
-            total = self._connection.execute(
-                sql.SQL("SELECT count(*) FROM {}").format(table)
-            ).fetchone()[0]
-            if found and total == len(found):
+            if found and rows_sql.count_rows(self._connection, self.location) == len(found):
                 raise ValueError("Cannot remove every code: an index holds at least one.")
-            self._connection.execute(
-                sql.SQL("DELETE FROM {} WHERE id = ANY(%s)").format(table), [wanted]
-            )
+            rows_sql.delete_rows(self._connection, self.location, wanted)
         self._ids = None
 
     def write(
@@ -345,17 +320,16 @@ class PostgresIndex:
         in place: they keep their rank among ties). Returns how many rows it wrote."""
         packed = self.check_queries(packed)
         with self._lock:
-            written = tables.upsert_rows(
-                self._connection, self.location, ids, packed, continuous, overwrite
+            written = rows_sql.upsert_rows(
+                self._writable, self.location, ids, packed, continuous, overwrite
             )
         self._ids = None
         return written
 
     def missing(self, ids: Sequence[str]) -> list[str]:
         """The ids of `ids` not in the table, in the given order."""
-        query = sql.SQL("SELECT id FROM {} WHERE id = ANY(%s)").format(self._table)
         with self._lock:
-            present = {row[0] for row in self._connection.execute(query, [list(ids)])}
+            present = rows_sql.present_ids(self._writable, self.location, ids)
         return [item for item in ids if item not in present]
 
     def save(self, path: str | Path, *, wait: bool = False, locked: bool = False) -> None:
@@ -369,29 +343,7 @@ class PostgresIndex:
         rows = self._staged or _Rows(self.codes(), list(self.ids), {}, None)
         connection = connect(target)
         try:
-            with connection.transaction():
-                tables.lock_table_name(connection, target)
-                tables.require_vector(connection, target)
-                if tables.describe(connection, target) is not None:
-                    tables.drop_table(connection, target)
-                tables.create_table(
-                    connection,
-                    target,
-                    self.bits,
-                    self.kind,
-                    self._info.options,
-                    tuple(rows.metadata),
-                )
-                tables.copy_rows(
-                    connection,
-                    target,
-                    rows.ids,
-                    rows.packed,
-                    rows.continuous,
-                    rows.metadata,
-                    self._progress,
-                )
-                tables.create_search_index(connection, target, self.kind, self._info.options)
+            rows_sql.replace_table(connection, target, self._info, rows, self._progress)
         except psycopg.Error as err:
             connection.close()
             raise ValueError(f"cannot write {target}: {one_line(err)}") from err
@@ -404,15 +356,15 @@ class PostgresIndex:
         self._ids = None
 
     @property
-    def _table(self) -> sql.Identifier:
+    def _writable(self) -> psycopg.Connection:
+        """The connection, or an error for an index `build` made and nothing saved yet."""
         if self._connection is None:
             raise ValueError("This index is not in a table yet: `save` it to one first.")
-        return sql.Identifier(self.location.table)
+        return self._connection
 
     def _refresh_ids(self) -> None:
-        query = sql.SQL("SELECT id FROM {} ORDER BY seq").format(self._table)
         with self._lock:
-            self._ids = [row[0] for row in self._connection.execute(query)]
+            self._ids = rows_sql.ids_in_order(self._writable, self.location)
         self._position_of = {item: position for position, item in enumerate(self._ids)}
 
     def _ranked(self, queries, depth: int, given: dict, filters: dict) -> list[tuple]:
@@ -423,19 +375,6 @@ class PostgresIndex:
             "hnsw.ef_search": min(_MAX_EF_SEARCH, max(depth, ef_search)),
         }
         with self._lock:
-            return tables.nearest_rows(
-                self._connection, self.location, self._info, queries, depth, filters, settings
+            return rows_sql.nearest_rows(
+                self._writable, self.location, self._info, queries, depth, filters, settings
             )
-
-
-def _checked_metadata(metadata, count: int) -> dict[str, list[str | None]]:
-    checked = {str(name): list(values) for name, values in (metadata or {}).items()}
-    for name, values in checked.items():
-        if name in tables.FIXED_COLUMNS or not name or len(name.encode()) > 63:
-            raise ValueError(
-                f"Metadata column {name!r}: expected a name of 1 to 63 bytes other "
-                f"than {list(tables.FIXED_COLUMNS)}."
-            )
-        if len(values) != count:
-            raise ValueError(f"Metadata column {name!r} has {len(values)} values for {count} ids.")
-    return checked

@@ -14,17 +14,14 @@ import dataclasses
 import json
 from collections.abc import Sequence
 
-import numpy as np
 import psycopg
 from psycopg import sql
-from tqdm import tqdm
 
 from harr_tf.index_kinds import KIND_OPTIONS, default_nlist
 from harr_tf.postgres_location import TableLocation, one_line, redacted
 
 CATALOG = "harr_tf_indexes"
 FIXED_COLUMNS = ("id", "seq", "code", "continuous")
-_PROGRESS_STEP = 65536
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,92 +151,6 @@ def lock_table_name(connection: psycopg.Connection, location: TableLocation) -> 
     connection.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [location.table])
 
 
-def copy_rows(
-    connection: psycopg.Connection,
-    location: TableLocation,
-    ids: Sequence[str],
-    packed: np.ndarray,
-    continuous: np.ndarray | None = None,
-    metadata: dict[str, Sequence[str | None]] | None = None,
-    progress: bool = False,
-) -> None:
-    """Appends rows with COPY (values travel as data, never as SQL)."""
-    metadata = metadata or {}
-    names = ["id", "code", "continuous", *metadata]
-    copy = sql.SQL("COPY {} ({}) FROM STDIN").format(
-        sql.Identifier(location.table), sql.SQL(", ").join(map(sql.Identifier, names))
-    )
-    codes, columns = bit_strings(packed), list(metadata.values())
-    with (
-        connection.cursor() as cursor,
-        cursor.copy(copy) as writer,
-        tqdm(total=len(ids), desc="Writing", unit="code", disable=not progress) as bar,
-    ):
-        for row, item in enumerate(ids):
-            vector = None if continuous is None else vector_text(continuous[row])
-            writer.write_row([item, codes[row], vector, *(column[row] for column in columns)])
-            if row % _PROGRESS_STEP == _PROGRESS_STEP - 1:
-                bar.update(_PROGRESS_STEP)
-        bar.update(len(ids) % _PROGRESS_STEP)
-
-
-def upsert_rows(
-    connection: psycopg.Connection,
-    location: TableLocation,
-    ids: Sequence[str],
-    packed: np.ndarray,
-    continuous: np.ndarray | None,
-    overwrite: bool,
-) -> int:
-    """Inserts rows, skipping ids present (or replacing their codes in place, keeping
-    their insertion rank, with `overwrite`); returns how many rows were written."""
-    conflict = (
-        "DO UPDATE SET code = EXCLUDED.code, continuous = EXCLUDED.continuous"
-        if overwrite
-        else "DO NOTHING"
-    )
-    query = sql.SQL(
-        "INSERT INTO {} (id, code, continuous) SELECT * FROM unnest(%s::text[], "
-        "%s::varbit[], %s::text[]::vector[]) ON CONFLICT (id) " + conflict
-    ).format(sql.Identifier(location.table))
-    vectors = [None] * len(ids) if continuous is None else list(map(vector_text, continuous))
-    return connection.execute(query, [list(ids), bit_strings(packed), vectors]).rowcount
-
-
-def nearest_rows(
-    connection: psycopg.Connection,
-    location: TableLocation,
-    info: TableInfo,
-    queries: np.ndarray,
-    depth: int,
-    filters: dict[str, str],
-    settings: dict[str, int | None],
-) -> list[tuple[int, str, float]]:
-    """(query number from 1, id, distance) of the `depth` nearest rows to each packed
-    query, among those whose metadata equal `filters`; `settings` are pgvector's
-    search options (`ivfflat.probes`, `hnsw.ef_search`), for this search only."""
-    # Exact: a scan, ties by insertion order; otherwise pgvector's index orders by distance.
-    order = "code <~> q.code, seq" if info.kind == "flat" else "code <~> q.code"
-    where = sql.SQL(" AND ").join(
-        [sql.SQL("TRUE")] + [sql.SQL("{} = %s").format(sql.Identifier(name)) for name in filters]
-    )
-    query = sql.SQL(
-        "SELECT q.n, r.id, r.d FROM unnest(%s::varbit[]) WITH ORDINALITY q(code, n) "
-        "CROSS JOIN LATERAL (SELECT id, seq, code <~> q.code AS d FROM {} WHERE {} "
-        "ORDER BY " + order + " LIMIT %s) r"
-    ).format(sql.Identifier(location.table), where)
-    if filters:  # walk the index on until enough rows pass the filter
-        settings = {**settings, "hnsw.iterative_scan": "strict_order"}
-        settings["ivfflat.iterative_scan"] = "relaxed_order"
-    with connection.transaction():
-        for name, value in settings.items():
-            if value:
-                connection.execute("SELECT set_config(%s, %s, true)", [name, str(value)])
-        return connection.execute(
-            query, [bit_strings(queries), *filters.values(), depth]
-        ).fetchall()
-
-
 def resolved_options(kind: str, count: int, options: dict) -> dict:
     """`kind`'s options with the defaults of FAISS's (`HammingIndex.build`): hnsw
     neighbours 16 (pgvector's m) and ef_search 64; ivf nlist (lists) and nprobe (probes)."""
@@ -266,22 +177,6 @@ def resolved_options(kind: str, count: int, options: dict) -> dict:
     return {}
 
 
-def bit_strings(packed: np.ndarray) -> list[str]:
-    """'0101...' per row, most-significant bit first (numpy `packbits` order)."""
-    characters = np.unpackbits(packed, axis=1) + ord("0")
-    return characters.view(f"S{characters.shape[1]}").ravel().astype(str).tolist()
-
-
-def packed_codes(texts: Sequence[str], bits: int) -> np.ndarray:
-    """The inverse of `bit_strings`: (n, bits/8) uint8."""
-    characters = np.frombuffer("".join(texts).encode(), np.uint8).reshape(-1, bits)
-    return np.packbits(characters - ord("0"), axis=1)
-
-
-def vector_text(row: np.ndarray) -> str:
-    return json.dumps(np.asarray(row, np.float32).tolist())
-
-
 def metadata_from_csv(path: str, ids: Sequence[str]) -> dict[str, list[str | None]]:
     """The text columns of a CSV file (a header row, one `id` column) for `ids`, in their
     order; an id the file lacks gets None (NULL), rows of other ids are ignored."""
@@ -296,3 +191,29 @@ def metadata_from_csv(path: str, ids: Sequence[str]) -> dict[str, list[str | Non
             rows[row["id"]] = row
     columns = [name for name in reader.fieldnames if name != "id"]
     return {name: [rows.get(item, {}).get(name) for item in ids] for name in columns}
+
+
+def checked_metadata(metadata, count: int) -> dict[str, list[str | None]]:
+    """`metadata` {column: one text or None per id} as lists, its names and sizes checked."""
+    checked = {str(name): list(values) for name, values in (metadata or {}).items()}
+    for name, values in checked.items():
+        if name in FIXED_COLUMNS or not name or len(name.encode()) > 63:
+            raise ValueError(
+                f"Metadata column {name!r}: expected a name of 1 to 63 bytes other "
+                f"than {list(FIXED_COLUMNS)}."
+            )
+        if len(values) != count:
+            raise ValueError(f"Metadata column {name!r} has {len(values)} values for {count} ids.")
+    return checked
+
+
+def open_or_create(connection: psycopg.Connection, location: TableLocation, bits: int) -> TableInfo:
+    """The table's layout, after creating it (flat, empty) where it is missing."""
+    with connection.transaction():
+        lock_table_name(connection, location)
+        info = describe(connection, location)
+        if info is None:
+            require_vector(connection, location)
+            create_table(connection, location, bits, "flat", {})
+            info = TableInfo(bits, "flat", {}, (), True)
+    return info

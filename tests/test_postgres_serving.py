@@ -2,6 +2,7 @@
 `serving.server` and PostgreSQL: shards written by two processes at once, a killed encoder
 resumed, idempotent writes, and the search commands answering as on a FAISS file."""
 
+import io
 import json
 import os
 import signal
@@ -14,7 +15,10 @@ import pytest
 import test_encode_client
 from serving_support import REPO_ROOT
 
-from harr_tf.postgres_index import open_index
+from harr_tf.index import HammingIndex
+from harr_tf.postgres_index import PostgresIndex, open_index
+from serving.app import create_app
+from serving.client import ServingClient
 from serving.encode import main as encode_main
 from serving.search import main as search_main
 
@@ -122,8 +126,6 @@ def test_present_ids_are_skipped_or_overwritten_and_other_lengths_refused(
     np.testing.assert_array_equal(codes, np.packbits(reference > 0, axis=1))
 
     other = postgres.uri(table="encoded_other_length")
-    from harr_tf.postgres_index import PostgresIndex
-
     PostgresIndex.build(np.zeros((1, 8), np.uint8), ["x"]).save(other)
     with pytest.raises(SystemExit, match="holds 64-bit codes, not 16-bit ones"):
         encode_main(["--server", grpc_server, "--input", str(folder), "--index", other])
@@ -186,3 +188,20 @@ def test_search_commands_answer_as_on_a_faiss_file(
     with pytest.raises(SystemExit, match="kind.* must be one of .* for a PostgreSQL index"):
         search_main(["build", "--codes", str(codes), "--index", uri, "--kind", "multihash"])
     assert len(open_index(uri)) == 40  # each refusal left the table as it was
+
+
+def test_the_page_answers_from_a_table_as_from_a_faiss_file(grpc_server, collection, postgres):
+    folder, ids, _, reference = collection
+    packed = np.packbits(reference > 0, axis=1)
+    uri = postgres.uri(table="page")
+    PostgresIndex.build(packed, ids).save(uri)
+    image = (folder / ids[3]).read_bytes()
+    answers = []
+    with ServingClient(grpc_server) as client:
+        for index in (HammingIndex.build(packed, ids), open_index(uri)):
+            page = create_app(index, client, folder, top_k=6).test_client()
+            item = page.get(f"/api/items/{ids[7]}").get_json()
+            found = page.post("/api/search", data={"image": (io.BytesIO(image), "q.png")})
+            answers.append((item, found.get_json(), page.get("/").status_code))
+    assert answers[0] == answers[1]
+    assert answers[1][1]["results"][0] == {**answers[1][1]["results"][0], "distance": 0}
