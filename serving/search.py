@@ -32,7 +32,7 @@ from harr_tf.index import HammingIndex
 from harr_tf.index_kinds import INDEX_KINDS, KIND_OPTIONS
 from harr_tf.locks import LockHeld, exclusive
 from harr_tf.postgres_index import index_class
-from harr_tf.postgres_location import is_database_uri
+from harr_tf.postgres_location import is_database_uri, redacted
 from harr_tf.postgres_table import metadata_from_csv
 from serving.cli import add_endpoint_arguments, add_retry_arguments, add_verbose_argument, positive
 from serving.code_store import StoredCodes, load_codes_file
@@ -201,7 +201,7 @@ def _writing(path: str) -> Iterator[None]:
     try:
         yield
     except (LockHeld, ValueError, FileNotFoundError, ConnectionError) as err:
-        raise SystemExit(f"error: --index {path}: {err}") from err
+        raise SystemExit(f"error: --index {redacted(path)}: {err}") from err
     except OSError as err:
         raise SystemExit(
             f"error: --index {path}: cannot write it ({err.strerror or err}); the index is as "
@@ -213,7 +213,7 @@ def _load_index(path: str) -> HammingIndex:
     try:
         return index_class(path).load(path)
     except (ValueError, FileNotFoundError, ConnectionError) as err:
-        raise SystemExit(f"error: --index {path}: {err}") from err
+        raise SystemExit(f"error: --index {redacted(path)}: {err}") from err
 
 
 def _metadata(args: argparse.Namespace, ids: list[str]) -> dict:

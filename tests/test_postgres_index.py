@@ -188,3 +188,25 @@ def test_missing_extension_and_empty_table(postgres, table):
     assert len(empty) == 0
     with pytest.raises(ValueError, match="holds no codes yet"):
         empty.search(random_codes(1), 5)
+
+
+def test_the_commands_stop_in_one_line_without_showing_the_password(postgres, table, tmp_path):
+    from serving.search import main as search_main
+
+    codes = np.ones((3, 16), np.int8)
+    path = str(tmp_path / "codes.npz")
+    np.savez(path, ids=["a", "b", "c"], codes=codes, packed=np.packbits(codes > 0, axis=1))
+    uri = postgres.uri(table=table)
+    assert search_main(["build", "--codes", path, "--index", uri]) == 0
+    wrong = postgres.uri(table=table, tcp=True).replace("s3cret", "wrong")
+    cases = {
+        ("remove", "--index", wrong, "--ids", "a"): "password authentication failed",
+        ("remove", "--index", uri, "--ids", "z"): r"1 ids are not in the index, e.g. \['z'\]",
+        ("add", "--index", uri, "--codes", path): "3 of the ids are already in the index",
+        ("build", "--codes", path, "--index", uri, "--kind", "multihash"): "must be one of",
+    }
+    for arguments, message in cases.items():
+        with pytest.raises(SystemExit, match=message) as stop:
+            search_main(list(arguments))
+        assert "\n" not in str(stop.value) and "wrong" not in str(stop.value)
+    assert open_index(uri).ids == ["a", "b", "c"]
