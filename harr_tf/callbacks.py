@@ -143,7 +143,7 @@ def checkpoint_bytes(model: keras.Model) -> int:
     """About the size of `model.save_weights`: its and its optimizer's variables, and
     h5py's few kB per variable."""
     variables = list(model.weights)
-    if model.optimizer is not None:
+    if getattr(model, "optimizer", None) is not None:  # a bare Functional has none
         variables += list(model.optimizer.variables)
     return sum(int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize + 4096 for v in variables)
 

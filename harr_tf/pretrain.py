@@ -73,7 +73,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.minutes is None and args.epochs is None:
         parser.error("give the budget: --minutes M or --epochs E")
     if args.minutes is not None and not 0 < args.minutes < math.inf:
-        parser.error(f"--minutes must be a number > 0 (not inf). Received: {args.minutes:g}")
+        parser.error(f"--minutes must be > 0 and finite. Received: {args.minutes:g}")
     for name in ("epochs", "steps_per_epoch", "train_size", "batch_size", "projector_dim"):
         value = getattr(args, name)
         if value is not None and value < 1:

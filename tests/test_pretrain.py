@@ -13,6 +13,7 @@ import pytest
 from conftest import write_fashion_mnist_subset
 
 from harr_tf.backbones import build_backbone
+from harr_tf.locks import lock_path, read_holder
 from harr_tf.pretrain_model import PretrainBudget
 
 SMALL = ["--train-size", "200", "--batch-size", "32", "--width", "4"]
@@ -35,9 +36,10 @@ def pretrain(*args, check=True):
     return result
 
 
-def test_a_zero_budget_is_refused():
-    result = pretrain("--minutes", "0", "--out", "unused", check=False)
-    assert result.returncode == 2 and "--minutes must be > 0" in result.stderr
+@pytest.mark.parametrize("minutes", ["0", "inf", "nan"])
+def test_a_zero_or_endless_budget_is_refused(minutes):
+    result = pretrain("--minutes", minutes, "--out", "unused", check=False)
+    assert result.returncode == 2 and "--minutes must be > 0 and finite" in result.stderr
 
 
 def run_budget(budget, epoch_seconds, monkeypatch, epochs=20):
@@ -125,10 +127,39 @@ def test_a_killed_pretraining_resumes_from_its_last_epoch(subset, tmp_path):
     process.wait()
     killed_at = json.loads(progress.read_text())["epochs"]
     assert 2 <= killed_at < 6 and not (out / "backbone.weights.h5").exists()
+    # What a kill mid-write leaves (written beside, never in place) is removed at the start.
+    leftovers = [out / f".tmp{process.pid}.backbone.weights.h5"]
+    leftovers.append(out / "backup" / f".tmp{process.pid}.latest.weights.h5")
+    for leftover in leftovers:
+        leftover.write_bytes(b"cut off")
     resumed = pretrain(*args)  # progress bars on: they show the epochs it ran
     assert "Epoch 1/6" not in resumed.stdout and "Epoch 6/6" in resumed.stdout
     assert json.loads(progress.read_text())["epochs"] == 6
     assert (out / "backbone.weights.h5").is_file()
+    assert not any(leftover.exists() for leftover in leftovers)
+
+
+def test_a_second_pretraining_into_the_same_directory_stops_naming_the_first(subset, tmp_path):
+    out = tmp_path / "pre"
+    args = ["--dataset", subset, "--epochs", "50", "--steps-per-epoch", "6", *SMALL]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    first = subprocess.Popen(
+        command(*args, "--out", str(out), "--quiet"),
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while read_holder(lock_path(out)).get("pid") != first.pid:
+            assert first.poll() is None and time.monotonic() < deadline
+            time.sleep(0.2)
+        second = pretrain(*args, "--out", str(out), check=False)
+    finally:
+        first.kill()
+        first.wait()
+    assert second.returncode != 0 and "Traceback" not in second.stderr
+    assert f"in use by process {first.pid}" in second.stderr.strip().splitlines()[-1]
 
 
 def test_train_refuses_weights_pretrained_at_another_image_size(subset, tmp_path):
