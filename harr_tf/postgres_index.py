@@ -31,7 +31,6 @@ from harr_tf.postgres_table import TableInfo
 
 POSTGRES_KINDS = ("flat", "ivf", "hnsw")
 _MAX_EF_SEARCH = 1000  # pgvector's limit
-_MISSING = np.iinfo(np.int32).max
 
 
 def open_index(location: str | Path) -> HammingIndex | PostgresIndex:
@@ -227,17 +226,19 @@ class PostgresIndex:
             if len(self) == 0:
                 raise ValueError(f"{self.location} holds no codes yet: encode or add some first.")
         depth = min(k, len(self))
-        rows = self._ranked(queries, depth, given, filters)
-        distances = np.full((len(queries), depth), _MISSING, np.int32)
-        positions = np.full((len(queries), depth), -1, np.int64)
-        if any(item not in self._position_of for _, item, _ in rows):
+        options = self._info.options
+        ef_search = given.get("ef_search") or options.get("ef_search", 0)
+        settings = {  # FAISS's HNSW searches at least k deep; pgvector stops at ef_search
+            "ivfflat.probes": given.get("nprobe") or options.get("nprobe"),
+            "hnsw.ef_search": min(_MAX_EF_SEARCH, max(depth, ef_search)),
+        }
+        with self._lock:
+            found = rows_sql.nearest_rows(
+                self._writable, self.location, self._info, queries, depth, filters, settings
+            )
+        if any(item not in self._position_of for _, item, _ in found):
             self._refresh_ids()  # another writer added rows since the ids were read
-        for query in range(len(queries)):
-            found = [(int(d), self._position_of[item]) for n, item, d in rows if n == query + 1]
-            found.sort()
-            for column, (distance, position) in enumerate(found[:depth]):
-                distances[query, column], positions[query, column] = distance, position
-        return distances, positions
+        return rows_sql.ranked_arrays(found, len(queries), depth, self._position_of)
 
     def codes(self, positions: np.ndarray | None = None) -> np.ndarray:
         """The packed codes (m, bits/8) at `positions` (all of them when None)."""
@@ -366,15 +367,3 @@ class PostgresIndex:
         with self._lock:
             self._ids = rows_sql.ids_in_order(self._writable, self.location)
         self._position_of = {item: position for position, item in enumerate(self._ids)}
-
-    def _ranked(self, queries, depth: int, given: dict, filters: dict) -> list[tuple]:
-        options = self._info.options
-        ef_search = given.get("ef_search") or options.get("ef_search", 0)
-        settings = {  # FAISS's HNSW searches at least k deep; pgvector stops at ef_search
-            "ivfflat.probes": given.get("nprobe") or options.get("nprobe"),
-            "hnsw.ef_search": min(_MAX_EF_SEARCH, max(depth, ef_search)),
-        }
-        with self._lock:
-            return rows_sql.nearest_rows(
-                self._writable, self.location, self._info, queries, depth, filters, settings
-            )

@@ -159,6 +159,23 @@ def nearest_rows(
         ).fetchall()
 
 
+def ranked_arrays(
+    found: list[tuple[int, str, float]], count: int, depth: int, position_of: dict[str, int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """`nearest_rows`' answer as `HammingIndex.search`'s: distances (count, depth) int32 and
+    positions int64, by distance then position, padded with position -1."""
+    distances = np.full((count, depth), np.iinfo(np.int32).max, np.int32)
+    positions = np.full((count, depth), -1, np.int64)
+    grouped: dict[int, list[tuple[int, int]]] = {}
+    for number, item, distance in found:
+        grouped.setdefault(number - 1, []).append((int(distance), position_of[item]))
+    for query, ranked in grouped.items():
+        ranked.sort()
+        for column, (distance, position) in enumerate(ranked[:depth]):
+            distances[query, column], positions[query, column] = distance, position
+    return distances, positions
+
+
 def bit_strings(packed: np.ndarray) -> list[str]:
     """'0101...' per row, most-significant bit first (numpy `packbits` order)."""
     characters = np.unpackbits(packed, axis=1) + ord("0")
