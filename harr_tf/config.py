@@ -7,6 +7,7 @@ module-level globals. `to_dict`/`from_dict` give the resolved config saved with 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from typing import Any
 
@@ -14,6 +15,7 @@ import yaml
 
 from harr_tf.backbones import validate_pooling
 from harr_tf.data.augment import AugmentConfig
+from harr_tf.data.folder import MAX_IMAGE_PIXELS
 from harr_tf.features import validate_feature_source
 from harr_tf.layers import validate_bits
 
@@ -173,6 +175,13 @@ class TrainConfig:
         ):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"`{name}` must be >= 1. Received: {name}={getattr(self, name)}")
+        if self.image_size is not None and self.image_size**2 > MAX_IMAGE_PIXELS:
+            raise ValueError(
+                f"`image_size` {self.image_size} means {self.image_size**2 / 1e6:.0f} MP per "
+                f"image ({self.image_size**2 * 12 / 2**30:.1f} GiB per float32 RGB view), over "
+                f"the budget of {MAX_IMAGE_PIXELS / 1e6:.0f} MP. Expected image_size <= "
+                f"{math.isqrt(MAX_IMAGE_PIXELS)}. Received: image_size={self.image_size}"
+            )
         if self.epochs is not None and self.steps is not None:
             raise ValueError(
                 "`epochs` and `steps` both set the training length: give one. "
