@@ -188,3 +188,38 @@ def test_the_same_seed_gives_the_same_codes_bit_for_bit(subset, tmp_path):
     np.testing.assert_array_equal(codes[0], codes[1])
     maps = [json.loads((d / "metrics.json").read_text())["results"]["8"] for d in (first, second)]
     assert maps[0]["map"] == maps[1]["map"]
+
+
+def test_an_image_size_over_the_pixel_budget_is_one_line_before_any_allocation(tmp_path):
+    result = train("--image-size", "10000", "--run-dir", str(tmp_path / "run"), check=False)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert last_line(result.stderr) == (
+        "Invalid configuration: `image_size` 10000 means 100 MP per image (1.1 GiB per "
+        "float32 RGB view), over the budget of 40 MP. Expected image_size <= 6324. "
+        "Received: image_size=10000"
+    )
+    assert not (tmp_path / "run").exists()
+
+
+def test_an_npz_with_an_object_array_is_an_error_naming_the_file(tmp_path):
+    from harr_tf.data import load_dataset
+
+    path = tmp_path / "objects.npz"
+    images = np.empty(3, dtype=object)
+    images[:] = [np.zeros((4, 4), np.uint8)] * 3
+    np.savez(path, images=images)
+    with pytest.raises(ValueError, match=f"npz:{path}: its arrays cannot be read") as error:
+        load_dataset(f"npz:{path}")
+    assert "Object arrays cannot be loaded" in str(error.value)
+
+
+def test_tfrecord_convert_refuses_zero_shards(tmp_path):
+    command = [sys.executable, "-m", "harr_tf.data.tfrecord", "convert", "--input", str(tmp_path)]
+    result = subprocess.run(
+        [*command, "--out", str(tmp_path / "x-*.tfrecord"), "--shards", "0"],
+        capture_output=True,
+        text=True,
+        env=ENV,
+    )
+    assert result.returncode == 2 and "--shards must be >= 1. Received: 0" in result.stderr
+    assert not list(tmp_path.glob("*.tfrecord"))

@@ -290,8 +290,14 @@ def _load_npz(path: Path) -> ImageDataset:
                 f"npz:{path} has no 'images' array; it has: {sorted(archive.files)}. Expected "
                 "'images' (N, H, W[, C]) uint8 and optional 'labels' (N,) or (N, num_classes)."
             )
-        images = archive["images"]
-        labels = archive["labels"] if "labels" in archive.files else None
+        try:
+            images = archive["images"]
+            labels = archive["labels"] if "labels" in archive.files else None
+        except (OSError, ValueError, zipfile.BadZipFile) as err:  # e.g. an object array
+            raise ValueError(
+                f"npz:{path}: its arrays cannot be read ({err}). Expected 'images' "
+                "(N, H, W[, C]) uint8 and optional 'labels' (N,) or (N, num_classes) integers."
+            ) from err
     if images.ndim == 3:
         images = images[..., None]
     return ImageDataset.from_arrays(images, labels, path.stem, f"npz:{path}")

@@ -206,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     command.add_argument("--shards", type=int, help="number of files (default: ~256 MB each)")
     command.add_argument("--seed", type=int, default=0, help="seed of the records' order")
     args = parser.parse_args(argv)
+    if args.shards is not None and args.shards < 1:
+        parser.error(f"--shards must be >= 1. Received: {args.shards}")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     source = Path(args.input).expanduser()
     if not source.exists():
