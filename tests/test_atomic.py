@@ -44,19 +44,25 @@ def batches(count):
     return tf.data.Dataset.from_tensor_slices(views)
 
 
-@pytest.fixture
-def small_disk(tmp_path):
-    """A 4 MiB tmpfs (mounting needs root: CI runs as root; elsewhere the test skips)."""
-    disk = tmp_path / "disk"
+def mount_tmpfs(disk, size: str):
+    """A tmpfs of `size` at `disk` (mounting needs root: CI runs as root; elsewhere the
+    test skips). The caller unmounts it."""
     disk.mkdir()
     mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(disk)], capture_output=True
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(disk)], capture_output=True
     )
     if mounted.returncode:
         reason = f"cannot mount a tmpfs to fill (needs root): {mounted.stderr.decode().strip()}"
         if os.environ.get("CI") == "true":
             pytest.fail(reason)
         pytest.skip(reason)
+    return disk
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 4 MiB tmpfs."""
+    disk = mount_tmpfs(tmp_path / "disk", "4m")
     yield disk
     subprocess.run(["umount", "-l", str(disk)], check=False)
 
