@@ -75,26 +75,38 @@ def _resolve_weights(weights: str) -> str | None:
 class ImageNetPreprocess(keras.layers.Layer):
     """The input preprocessing a keras.applications model was trained with.
 
-    A layer rather than a Lambda so that `.keras` files load in safe mode.
+    A layer rather than a Lambda so that `.keras` files load in safe mode. It also
+    resizes, instead of `keras.layers.Resizing`, whose `training=True` default in Keras
+    3.15 becomes the training flag of every later layer in a model called without one:
+    batch norm would use batch statistics at inference.
 
     Args:
         mode: `"caffe"` (VGG16, ResNet50: BGR, mean-centred) or `"none"`
             (EfficientNet normalises inside the model).
+        size: the side images are resized to first (bilinear); None keeps them.
     """
 
-    def __init__(self, mode: str, **kwargs) -> None:
+    def __init__(self, mode: str, size: int | None = None, **kwargs) -> None:
         super().__init__(**kwargs)
         if mode not in ("caffe", "none"):
             raise ValueError(f"Expected mode 'caffe' or 'none'. Received: mode={mode!r}")
         self.mode = mode
+        self.size = size
 
     def call(self, images):
+        if self.size is not None:
+            images = keras.ops.image.resize(images, (self.size, self.size), "bilinear")
         if self.mode == "none":
             return images
         return keras.applications.imagenet_utils.preprocess_input(images, mode="caffe")
 
+    def compute_output_shape(self, input_shape):
+        if self.size is None:
+            return input_shape
+        return (input_shape[0], self.size, self.size, input_shape[-1])
+
     def get_config(self) -> dict:
-        return {**super().get_config(), "mode": self.mode}
+        return {**super().get_config(), "mode": self.mode, "size": self.size}
 
 
 def _application(name: str, weights: str | None) -> tuple[keras.Model, str]:
@@ -139,8 +151,7 @@ def pretrained_backbone(
     x = inputs
     if input_shape[-1] == 1:
         x = keras.layers.Concatenate()([x, x, x])
-    x = keras.layers.Resizing(PRETRAINED_INPUT_SIZE, PRETRAINED_INPUT_SIZE)(x)
-    x = ImageNetPreprocess(mode)(x)
+    x = ImageNetPreprocess(mode, PRETRAINED_INPUT_SIZE)(x)
     features = application(x)
     backbone = keras.Model(inputs, features, name="backbone")
     if resolved not in (None, "imagenet"):

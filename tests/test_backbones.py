@@ -38,7 +38,11 @@ def test_grid_pooling_keeps_where_features_are():
 def test_pretrained_architectures_take_small_grayscale_images(name, dim):
     backbone = build_backbone(name, (28, 28, 1), weights="none")
     images = np.random.default_rng(0).uniform(0, 255, (2, 28, 28, 1)).astype("float32")
-    assert backbone(images).shape == (2, dim)
+    features = backbone(images)
+    assert features.shape == (2, dim)
+    # Called without a training flag, batch norm uses its moving statistics (Keras 3.15's
+    # Resizing would pass training=True on to every later layer).
+    np.testing.assert_allclose(features, backbone(images, training=False), atol=1e-5)
 
 
 def test_vgg16_gives_fc7_features():
