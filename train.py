@@ -165,7 +165,7 @@ FLAGS = [
         "feature_rounds",
         int,
         "frozen student: rounds of augmented views (A, B, W) of each training image whose "
-        "backbone features are cached (default 2)",
+        "backbone features are cached (default 1)",
     ),
     ("--width", "model", "width", int, "small_cnn channels of the first stage"),
     (

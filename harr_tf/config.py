@@ -68,7 +68,7 @@ class ModelConfig:
     # "distilled" trains small_cnn (width, pooling) from its WTA structure. None: the
     # backbone's default (`default_student`).
     student: str | None = None
-    feature_rounds: int = 2  # frozen: rounds of cached views (A, B, W) per training image
+    feature_rounds: int = 1  # frozen: rounds of cached views (A, B, W) per training image
 
     def __post_init__(self) -> None:
         validate_pooling(self.pooling)

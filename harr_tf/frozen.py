@@ -33,6 +33,12 @@ from harr_tf.run_data import RunData, teacher_network
 logger = logging.getLogger("harr_tf")
 
 
+def inference_function(backbone: keras.Model):
+    """`backbone` at inference as one compiled graph: twice as fast on a CPU as eager
+    calls, batch after batch (the last, smaller batch traces once more)."""
+    return tf.function(lambda batch: backbone(batch, training=False), reduce_retracing=True)
+
+
 def backbone_features(
     backbone: keras.Model,
     images: tf.data.Dataset,
@@ -43,15 +49,16 @@ def backbone_features(
     """(n, d) float32 features of a stream of single images, in order."""
     count = int(images.cardinality())
     batches = images.batch(batch_size).map(lambda batch: tf.cast(batch, tf.float32))
+    apply = inference_function(backbone)
     out = []
     steps = -(-count // batch_size) if count >= 0 else None
     for batch in tqdm(batches.prefetch(2), what, steps, unit="batch", disable=not progress):
-        out.append(keras.ops.convert_to_numpy(backbone(batch, training=False)))
+        out.append(apply(batch).numpy())
     dim = backbone.output_shape[-1]
     return np.concatenate(out).astype(np.float32) if out else np.zeros((0, dim), np.float32)
 
 
-def view_features(
+def training_features(
     backbone: keras.Model,
     dataset,
     indices: np.ndarray,
@@ -59,31 +66,33 @@ def view_features(
     rounds: int,
     batch_size: int,
     progress: bool = False,
-) -> np.ndarray:
-    """(rounds, views, n, d) float16 features of the augmenter's views of the items
-    `indices`; round r of item i is drawn from stream position r·n + i."""
+) -> tuple[np.ndarray, np.ndarray]:
+    """The features of the training images `indices`: (n, d) float32 of each image at
+    the evaluation transform, and (rounds, views, n, d) float16 of the augmenter's views
+    (round r of item i drawn from stream position r·n + i). Each image is decoded once."""
     n = len(indices)
-    out = None
-    positions = tf.data.Dataset.range(n)
-    for r in range(rounds):
-        stream = tf.data.Dataset.zip(dataset.images(indices), positions).batch(batch_size)
-        stream = stream.map(
-            lambda images, place, r=r: augmenter.make_views(images, place + r * n),
-            num_parallel_calls=tf.data.AUTOTUNE,
-            deterministic=True,
-        )
-        steps = -(-n // batch_size)
-        start = 0
-        what = f"view features, round {r + 1}/{rounds}"
-        for views in tqdm(stream.prefetch(2), what, steps, unit="batch", disable=not progress):
+    dim = backbone.output_shape[-1]
+    plain = np.zeros((n, dim), np.float32)
+    views = np.zeros((rounds, len(augmenter.views), n, dim), np.float16)
+    apply = inference_function(backbone)
+    make_views = tf.function(augmenter.make_views, reduce_retracing=True)
+    stream = tf.data.Dataset.zip(dataset.images(indices), tf.data.Dataset.range(n))
+    stream = stream.batch(batch_size).map(
+        lambda images, place: (tf.cast(images, tf.float32), place)
+    )
+    start = 0
+    steps = -(-n // batch_size)
+    for images, place in tqdm(
+        stream.prefetch(2), "training features", steps, unit="batch", disable=not progress
+    ):
+        end = start + len(images)
+        plain[start:end] = apply(images).numpy()
+        for r in range(rounds):
+            made = make_views(images, place + r * n)
             for v, name in enumerate(augmenter.views):
-                features = keras.ops.convert_to_numpy(backbone(views[name], training=False))
-                if out is None:
-                    shape = (rounds, len(augmenter.views), n, features.shape[-1])
-                    out = np.zeros(shape, np.float16)
-                out[r, v, start : start + len(features)] = features
-            start += len(features)
-    return out
+                views[r, v, start:end] = apply(made[name]).numpy()
+        start = end
+    return plain, views
 
 
 def cached_array(path: str, compute, expected_shape: tuple[int, ...] | None = None) -> np.ndarray:
@@ -186,15 +195,20 @@ class FrozenFeatures:
     train: np.ndarray
     views: np.ndarray
     batch_size: int
+    directory: str
     evaluated: dict = dataclasses.field(default_factory=dict)
 
     def features(self, key: str, dataset, indices: np.ndarray, progress: bool) -> np.ndarray:
         """The backbone's features of `indices` (the query set, the database), computed
-        once per run and kept for every code length."""
+        once per run (cached in the run directory) and kept for every code length."""
         if key not in self.evaluated:
-            images = dataset.images(indices)
-            found = backbone_features(self.backbone, images, self.batch_size, progress, key)
-            self.evaluated[key] = found
+            self.evaluated[key] = cached_array(
+                os.path.join(self.directory, f"{key}.npy"),
+                lambda: backbone_features(
+                    self.backbone, dataset.images(indices), self.batch_size, progress, key
+                ),
+                (len(indices),),
+            )
         return self.evaluated[key]
 
 
@@ -218,16 +232,20 @@ def prepare_frozen(
         rounds,
         "".join(augmenter.views).upper(),
     )
+    computed = {}
+
+    def compute(part: int):
+        if not computed:
+            found = training_features(backbone, dataset, train, augmenter, rounds, batch, progress)
+            computed.update(enumerate(found))
+        return computed[part]
+
     train_features = cached_array(
-        os.path.join(directory, "train.npy"),
-        lambda: backbone_features(
-            backbone, dataset.images(train), batch, progress, "training features"
-        ),
-        (len(train),),
+        os.path.join(directory, "train.npy"), lambda: compute(0), (len(train),)
     )
     views = cached_array(
         os.path.join(directory, "views.npy"),
-        lambda: view_features(backbone, dataset, train, augmenter, rounds, batch, progress),
+        lambda: compute(1),
         (rounds, len(augmenter.views), len(train)),
     )
-    return FrozenFeatures(backbone, augmenter.views, train_features, views, batch)
+    return FrozenFeatures(backbone, augmenter.views, train_features, views, batch, directory)
