@@ -14,11 +14,7 @@ from harr_tf import encoder as encoder_module
 from harr_tf.config import ModelConfig, TrainConfig
 from harr_tf.data import load_dataset
 from harr_tf.data.folder import resize_square, scan_image_folder
-from harr_tf.data.image_size import (
-    inference_batch_size,
-    resolve_image_size,
-    training_batch_size,
-)
+from harr_tf.data.image_size import resolve_image_size
 from harr_tf.data.splits import ProtocolSplit
 from harr_tf.data.tfrecord import main as tfrecord_main
 from harr_tf.encoder import build_encoder, encode_images
@@ -150,26 +146,6 @@ def test_image_size_defaults_and_minimum():
     assert resolve_image_size(48, (256, 256), "vgg16") == 48
     with pytest.raises(ValueError, match="--image-size 16 is below resnet50's minimum of 32"):
         resolve_image_size(16, (256, 256), "resnet50")
-
-
-def test_inference_batches_shrink_with_the_image_size():
-    assert inference_batch_size((28, 28, 1)) == 512  # Fashion-MNIST: as before
-    assert inference_batch_size((64, 64, 3)) == 512
-    assert inference_batch_size((96, 96, 3)) == 128
-    assert inference_batch_size((224, 224, 3)) == 32  # 512 would hold 13 GB in VGG16
-    assert inference_batch_size((2048, 2048, 3)) == 16
-    assert inference_batch_size((224, 224, 3), requested=100) == 100
-    # Training keeps three views' activations: 128 up to 96 px, 32 at 224 (9.6 GB measured).
-    assert [training_batch_size((s, s, 3)) for s in (28, 96, 128, 224, 512)] == [
-        128,
-        128,
-        64,
-        32,
-        16,
-    ]
-    assert training_batch_size((224, 224, 3), requested=128) == 128
-    with pytest.raises(ValueError, match="encode_batch_size=0"):
-        TrainConfig(encode_batch_size=0)
 
 
 def test_truncated_files_are_skipped_and_jpeg_tails_kept(tmp_path, caplog):

@@ -1,12 +1,27 @@
-"""What size the network sees (`--image-size`), chosen so a default run fits 24 GB.
+"""What size the network sees (`--image-size`) and how many images a batch holds, so a
+default run fits its memory budget (`harr_tf.memory_budget`).
 
 Measured on 2 cores at batch 128: `small_cnn` at 224 x 224 peaked at 14.3 GB (three
 views of 128 images), so it gets a small size on large photos; small images keep their
 native size (Fashion-MNIST 28 x 28, CIFAR-10 32 x 32); the pretrained backbones get the
-224 x 224 they were trained at.
+224 x 224 they were trained at. Batches follow what the network costs per image at that
+size, within the budget, up to Fashion-MNIST's 128 (training) and 512 (inference).
 """
 
 from __future__ import annotations
+
+import keras
+
+from harr_tf.memory_budget import (
+    GB,
+    BatchDoesNotFit,
+    activation_bytes,
+    budget_bytes,
+    inference_cost,
+    largest_batch,
+    network_cost,
+    training_cost,
+)
 
 SMALL_IMAGE_SIDE = 96  # native images up to this side are trained at their own size
 SMALL_CNN_SIZE = 64  # small_cnn on larger images
@@ -20,39 +35,65 @@ MIN_SIZE = {
     "efficientnetb0": 32,
     "efficientnet_lite0": 32,
 }
-INFERENCE_PIXELS = 512 * 64 * 64  # 512 images of 64 x 64; 32 images of 224 x 224
-# A training step keeps three views' activations for the gradient: at 224 x 224 a batch
-# of 32 peaked at 9.6 GB (ResNet-50) and 128 passed 16 GB (docs/collections.md).
-TRAINING_PIXELS = 32 * 224 * 224
-TRAINING_BATCH = 128  # the batch of images up to 96 x 96 (Fashion-MNIST's 128)
+INFERENCE_BATCH = 512  # the largest inference batch (Fashion-MNIST's, as before)
+TRAINING_BATCH = 128  # the largest training batch (Fashion-MNIST's 128)
 
 
-def _batch_within(image_shape: tuple[int, ...], pixels: int, largest: int) -> int:
-    """The largest power of two in [16, `largest`] whose batch of `image_shape` images
-    holds at most `pixels` pixels (16 when even that holds more)."""
-    fits = max(1, pixels // (image_shape[0] * image_shape[1]))
-    return int(min(largest, max(16, 2 ** (fits.bit_length() - 1))))
+def inference_batch_size(
+    network: keras.Model, requested: int | None = None, budget: int | None = None
+) -> int:
+    """Images per batch when `network` encodes or extracts features
+    (`--encode-batch-size`; None: the largest power of two up to `INFERENCE_BATCH` whose
+    batch fits in `budget` bytes by `inference_cost`, at least 1).
 
-
-def inference_batch_size(image_shape: tuple[int, ...], requested: int | None = None) -> int:
-    """Images per batch when encoding or extracting features (`--encode-batch-size`;
-    None: at most `INFERENCE_PIXELS` pixels per batch, a power of two in [16, 512]).
-
-    Inference holds a whole batch's activations at once: 512 images at 224 x 224 through
-    VGG16 would need over 13 GB for two of its first feature maps alone.
+    Inference holds a whole batch's activations at once, and what they cost is the
+    network's, not the pixels': ResNet-50 resizes a 64-px image to 224 px inside.
     """
     if requested is not None:
         return requested
-    return _batch_within(image_shape, INFERENCE_PIXELS, 512)
+    per_image, fixed = inference_cost(activation_bytes(network), 4 * network.count_params())
+    return max(1, largest_batch(per_image, fixed, budget or budget_bytes(), INFERENCE_BATCH, 1))
 
 
-def training_batch_size(image_shape: tuple[int, ...], requested: int | None = None) -> int:
-    """Images per training batch (`--batch-size`; None: `TRAINING_BATCH` up to 96 x 96,
-    then halved until a batch holds at most `TRAINING_PIXELS` pixels, at least 16), so a
-    default run fits 24 GB at any image size."""
-    if requested is not None:
-        return requested
-    return _batch_within(image_shape, TRAINING_PIXELS, TRAINING_BATCH)
+def default_batch_sizes(
+    image_shape: tuple[int, ...],
+    model,
+    batch_size: int | None = None,
+    encode_batch_size: int | None = None,
+    budget: int | None = None,
+) -> tuple[int, int]:
+    """`(training batch, inference batch)` of the `model` (a `ModelConfig`) on images of
+    `image_shape` within `budget` bytes: the ones given, else the largest powers of two
+    up to `TRAINING_BATCH` and `INFERENCE_BATCH` whose estimated cost fits.
+
+    Raises:
+        BatchDoesNotFit: not even a training batch of `MIN_BATCH_SIZE` fits.
+    """
+    from harr_tf.config import MIN_BATCH_SIZE  # harr_tf.config imports this module
+
+    shape = tuple(image_shape)
+    # The teacher is the configured backbone; a distilled student trains small_cnn.
+    student = getattr(model, "trained_backbone", model.backbone)
+    costs = {
+        name: network_cost(name, shape, model.width, model.pooling)
+        for name in {model.backbone, student}
+    }
+    budget = budget_bytes() if budget is None else budget
+    if encode_batch_size is None:
+        per_image, fixed = max(inference_cost(*cost) for cost in costs.values())
+        encode_batch_size = max(1, largest_batch(per_image, fixed, budget, INFERENCE_BATCH, 1))
+    if batch_size is None:
+        per_image, fixed = training_cost(*costs[student])
+        batch_size = largest_batch(per_image, fixed, budget, TRAINING_BATCH, MIN_BATCH_SIZE)
+        if batch_size < MIN_BATCH_SIZE:
+            need = (fixed + MIN_BATCH_SIZE * per_image) / GB
+            raise BatchDoesNotFit(
+                f"Training {student} at {image_shape[0]} px needs about {need:.1f} GB "
+                f"at the smallest batch ({MIN_BATCH_SIZE}), over the memory budget of "
+                f"{budget / GB:.1f} GB. Expected a larger --memory-budget, a smaller "
+                "--image-size, or --batch-size to try anyway."
+            )
+    return batch_size, encode_batch_size
 
 
 def resolve_image_size(
