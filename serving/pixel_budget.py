@@ -20,6 +20,10 @@ from harr_tf.data.folder import MAX_IMAGE_PIXELS
 
 DEFAULT_MAX_PIXELS = MAX_IMAGE_PIXELS
 _PNG = b"\x89PNG\r\n\x1a\n"
+# A GIF's blocks are walked in loop steps (a run of full data sub-blocks in one); a GIF
+# needing more steps is refused.
+_GIF_MAX_BLOCKS = 100_000
+_FULL_RUN = 1024
 
 
 class TooManyPixels(ValueError):
@@ -51,19 +55,29 @@ def budget_check(contents: tf.Tensor, max_pixels: int) -> tf.Operation:
     """An op that fails (INVALID_ARGUMENT) when the encoded image `contents` (a scalar
     tf.string) declares more than `max_pixels` pixels in its header. Run decoding under
     `tf.control_dependencies([budget_check(...)])`, so nothing is allocated before it."""
-    height, width = declared_size(contents)
+    height, width, frames = declared_size(contents)
     pixels = tf.cast(height, tf.float64) * tf.cast(width, tf.float64)
-    message = tf.strings.format(
-        "The image is {} x {} pixels, over the limit of {} pixels.",
-        (width, height, max_pixels),
+    pixels *= tf.cast(tf.maximum(frames, 1), tf.float64)
+    limit = f"over the limit of {max_pixels} pixels."
+    message = tf.where(
+        frames > 1,
+        tf.strings.format(
+            "The image is {} x {} pixels in {} frames, " + limit, (width, height, frames)
+        ),
+        tf.strings.format("The image is {} x {} pixels, " + limit, (width, height)),
     )
-    return tf.debugging.Assert(pixels <= max_pixels, [message])
+    readable = tf.debugging.Assert(
+        frames >= 0, [f"The GIF holds more than {_GIF_MAX_BLOCKS} blocks; refused unread."]
+    )
+    return tf.group(readable, tf.debugging.Assert(pixels <= max_pixels, [message]))
 
 
-def declared_size(contents: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-    """(height, width) int64 scalars that the header of the encoded image `contents`
-    declares: PNG, JPEG, GIF (its screen), BMP or WebP (its canvas); (0, 0) for other
-    bytes, which the decoder then refuses itself."""
+def declared_size(contents: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """(height, width, frames) int64 scalars that the encoded image `contents` declares:
+    PNG, JPEG, BMP or WebP (its canvas) headers, one frame; for a GIF, its largest frame
+    and how many frames (-1: too many blocks to read), as TensorFlow's decoder sizes it
+    by the largest frame, not the screen; (0, 0, 1) for other bytes, which the decoder
+    then refuses itself."""
     # Padded, so that reading a short file's header cannot fail; the decoder rejects it.
     padded = tf.strings.join([contents, tf.constant(b"\0" * 32)])
 
@@ -87,7 +101,6 @@ def declared_size(contents: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     # (condition, height, width), first match wins; JPEG is read by TensorFlow's own op.
     formats = [
         (starts(_PNG), number(20, 4, big_endian=True), number(16, 4, big_endian=True)),
-        (starts(b"GIF8"), number(8, 2), number(6, 2)),
         (starts(b"BM"), signed32(number(22, 4)), signed32(number(18, 4))),
         (webp & starts(b"VP8X", 12), number(27, 3) + 1, number(24, 3) + 1),
         (webp & starts(b"VP8L", 12), low_bits(lossless, 14, 14) + 1, low_bits(lossless, 0, 14) + 1),
@@ -101,9 +114,60 @@ def declared_size(contents: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     for condition, format_height, format_width in reversed(formats):
         height = tf.where(condition, format_height, height)
         width = tf.where(condition, format_width, width)
-    jpeg_shape = tf.cond(
-        starts(b"\xff\xd8\xff"),
-        lambda: tf.cast(tf.image.extract_jpeg_shape(contents)[:2], tf.int64),
-        lambda: tf.stack([height, width]),
+    one = tf.constant(1, tf.int64)
+    jpeg = starts(b"\xff\xd8\xff")
+    size = tf.case(
+        [
+            (
+                jpeg,
+                lambda: tf.concat([tf.image.extract_jpeg_shape(contents, tf.int64)[:2], [1]], 0),
+            ),
+            (starts(b"GIF8"), lambda: tf.stack(_gif_frames(padded))),
+        ],
+        default=lambda: tf.stack([height, width, one]),
     )
-    return jpeg_shape[0], jpeg_shape[1]
+    return size[0], size[1], size[2]
+
+
+def _gif_frames(padded: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """(largest height, largest width, frames) of the GIF `padded`, walking its blocks:
+    extensions and image descriptors, each followed by data sub-blocks."""
+    data = tf.cast(tf.io.decode_raw(padded, tf.uint8), tf.int64)
+    end = tf.size(data, out_type=tf.int64) - 1
+    zero, two = tf.constant(0, tf.int64), tf.constant(2, tf.int64)
+    run_offsets = tf.range(0, 256 * _FULL_RUN, 256, dtype=tf.int64)
+
+    def byte(at):
+        return tf.gather(data, tf.minimum(tf.cast(at, tf.int64), end))
+
+    def colour_table(flags):  # a colour table follows when the flags' top bit is set
+        return tf.where(flags >= 128, 3 * tf.bitwise.left_shift(two, flags % 8), zero)
+
+    def step(at, in_data, done, height, width, frames):
+        value = byte(at)
+        extension, image = ~in_data & (value == 0x21), ~in_data & (value == 0x2C)
+        # In data, `value` is the size of the next sub-block (0 ends the data); encoders
+        # write full ones (255 bytes), so a run of them is skipped in one step.
+        full = tf.gather(data, tf.minimum(at + run_offsets, end)) == 255
+        run = tf.reduce_sum(tf.math.cumprod(tf.cast(full, tf.int64)))
+        skip = tf.where(in_data, tf.where(run > 0, 256 * run, value + 1), zero)
+        skip += tf.where(extension, two, zero)
+        skip += tf.where(image, 11 + colour_table(byte(at + 9)), zero)  # descriptor, LZW
+        frame_height = byte(at + 7) + 256 * byte(at + 8)
+        frame_width = byte(at + 5) + 256 * byte(at + 6)
+        return (
+            at + skip,
+            tf.where(in_data, value != 0, extension | image),
+            ~in_data & ~extension & ~image,  # the trailer, or what no GIF holds
+            tf.where(image, tf.maximum(height, frame_height), height),
+            tf.where(image, tf.maximum(width, frame_width), width),
+            frames + tf.cast(image, tf.int64),
+        )
+
+    at, _, done, height, width, frames = tf.while_loop(
+        lambda at, in_data, done, *_: ~done & (at <= end),
+        step,
+        (13 + colour_table(byte(10)), tf.constant(False), tf.constant(False), zero, zero, zero),
+        maximum_iterations=_GIF_MAX_BLOCKS,
+    )
+    return height, width, tf.where(done | (at > end), frames, tf.constant(-1, tf.int64))

@@ -49,8 +49,11 @@ def bmp_header(width: int, height: int) -> bytes:
     return b"BM" + struct.pack("<IHHI", 54, 0, 0, 54) + info
 
 
-def gif_header(width: int, height: int) -> bytes:
-    return b"GIF89a" + struct.pack("<HHBBB", width, height, 0, 0, 0) + b";"
+def gif(screen: tuple[int, int], frame: tuple[int, int], blocks: list[bytes] = ()) -> bytes:
+    """A GIF of one frame (no colour table) and the given data sub-blocks."""
+    descriptor = b"," + struct.pack("<HHHHB", 0, 0, *frame, 0) + b"\x02"
+    data = b"".join(bytes([len(block)]) + block for block in blocks) + b"\0"
+    return b"GIF89a" + struct.pack("<HHBBB", *screen, 0, 0, 0) + descriptor + data + b";"
 
 
 def webp_canvas(width: int, height: int) -> bytes:
@@ -76,8 +79,8 @@ FILES = {
 def test_the_graph_reads_the_size_pil_reads(name):
     for size in [(1, 1), (37, 23), (300, 5), (1021, 1030)]:
         contents = FILES[name](*size)
-        height, width = graph_size(contents).numpy().tolist()
-        assert (width, height) == size
+        height, width, frames = graph_size(contents).numpy().tolist()
+        assert (width, height, frames) == (*size, 1)
         if name != "top-down BMP":  # PIL agrees on every file it writes
             assert Image.open(io.BytesIO(contents)).size == size
 
@@ -85,7 +88,8 @@ def test_the_graph_reads_the_size_pil_reads(name):
 BOMBS = {
     "PNG": png_header(100_000, 100_000),
     "BMP": bmp_header(70_000, 70_000),
-    "GIF": gif_header(65_535, 65_535),
+    "GIF": gif((65_535, 65_535), (65_535, 65_535)),
+    "GIF frame larger than its screen": gif((10, 10), (8000, 8000), [b"\x01" * 255] * 3000),
     "WebP": webp_canvas(16_000_000, 16_000_000),
 }
 
@@ -93,7 +97,7 @@ BOMBS = {
 @pytest.mark.parametrize("name", sorted(BOMBS))
 def test_a_header_over_the_budget_fails_the_check_naming_its_size(name):
     contents = BOMBS[name]
-    height, width = graph_size(contents).numpy().tolist()
+    height, width, _ = graph_size(contents).numpy().tolist()
     with pytest.raises(tf.errors.InvalidArgumentError) as refused:
         checked(contents)
     assert f"{width} x {height} pixels, over the limit of 40000000 pixels" in refused.value.message
@@ -101,9 +105,34 @@ def test_a_header_over_the_budget_fails_the_check_naming_its_size(name):
     assert int(checked(encoded("PNG", 6000, 6000, "L"))) == 1  # 36 MP passes
 
 
+def test_gif_frames_count_and_a_gif_of_too_many_blocks_is_refused():
+    frames = [Image.new("L", (80, 60), shade) for shade in range(0, 70, 10)]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, "GIF", save_all=True, append_images=frames[1:])
+    animated = buffer.getvalue()
+    assert graph_size(animated).numpy().tolist() == [60, 80, 7]
+    assert tf.io.decode_image(animated).shape == (7, 60, 80, 3)  # what TensorFlow decodes
+
+    def budget(max_pixels):
+        @tf.function(input_signature=[BYTES])
+        def check(contents):
+            with tf.control_dependencies([budget_check(contents, max_pixels)]):
+                return tf.constant(1)
+
+        return check
+
+    assert int(budget(80 * 60 * 7)(animated)) == 1
+    with pytest.raises(tf.errors.InvalidArgumentError, match="80 x 60 pixels in 7 frames, over"):
+        budget(80 * 60 * 7 - 1)(animated)
+    tiny_blocks = gif((10, 10), (10, 10), [b"\x01"] * 150_000)  # one loop step per block
+    with pytest.raises(tf.errors.InvalidArgumentError, match="holds more than 100000 blocks"):
+        checked(tiny_blocks)
+    assert graph_size(gif((10, 10), (10, 10), [b"\x01"] * 1000)).numpy().tolist() == [10, 10, 1]
+
+
 def test_bytes_of_no_known_format_pass_the_check_for_the_decoder_to_refuse():
     for contents in (b"", b"\x89PNG", b"not an image at all, but long enough to read"):
-        assert graph_size(contents).numpy().tolist() == [0, 0]
+        assert graph_size(contents).numpy().tolist() == [0, 0, 1]
 
 
 def test_check_pixels_reads_the_header_only():
