@@ -342,3 +342,15 @@ def test_a_full_disk_is_one_line_and_resume_finishes_with_nothing_lost(
         np.testing.assert_array_equal(stored["codes"], reference)
     finally:
         subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def test_an_npz_holding_object_arrays_is_refused_naming_the_file(tmp_path):
+    ragged = np.array([np.zeros((4, 4)), np.zeros((5, 5))], dtype=object)
+    np.savez(tmp_path / "ragged.npz", images=ragged)
+    out = tmp_path / "codes.npz"
+    with pytest.raises(SystemExit, match=r"--input npz:.*ragged.npz: .*Object arrays"):
+        encode("127.0.0.1:1", f"npz:{tmp_path / 'ragged.npz'}", out)
+    np.savez(out, ids=np.array(["a"], object), codes=np.ones((1, 8), np.int8))
+    (tmp_path / "a.png").write_bytes(encoded_images(np.zeros((1, 8, 8, 1), np.uint8))[0])
+    with pytest.raises(SystemExit, match=r"codes.npz is not a readable codes file: Object arrays"):
+        encode("127.0.0.1:1", tmp_path / "a.png", out, "--resume")
