@@ -214,4 +214,5 @@ def run(
             labels=data.dataset.labels,
         )
         write_json_atomically(metrics_path, metrics)
+    data.dataset.damaged.report(os.path.join(run_dir, "damaged_items.txt"))
     return metrics

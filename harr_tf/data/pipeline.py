@@ -64,13 +64,17 @@ def training_dataset(
         image = tf.ensure_shape(images.decode(raw), augmenter.image_shape)
         return {"image": image, "position": position, "index": index}
 
+    items = tf.constant(indices)
+
     def augment(batch):
         views = augmenter.make_views(batch["image"], batch["position"])
         views["index"] = batch["index"]
         return views
 
     # Per image only the decoding; the views are made per batch, parameters per image.
-    dataset = dataset.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    # A damaged image is left out (and named once in the log), not a failed run.
+    dataset = images.decoding(dataset, decode, lambda _, element: tf.gather(items, element[0]))
+    dataset = dataset.filter(lambda _, ok: ok).map(lambda element, _: element)
     dataset = dataset.batch(batch_size, drop_remainder=True)
     dataset = dataset.map(augment, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return dataset.prefetch(tf.data.AUTOTUNE)

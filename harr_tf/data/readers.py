@@ -9,16 +9,24 @@ take indices in any order; sequential ones (TFDS, TFRecord) in ascending order o
 
 from __future__ import annotations
 
+import logging
+import threading
 from collections.abc import Callable
 
 import numpy as np
 import tensorflow as tf
+
+from harr_tf.atomic import write_text_atomically
+
+logger = logging.getLogger("harr_tf")
+_NAMED = 20  # damaged items named in the closing log line; the file lists them all
 
 
 class ArrayReader:
     """Items of an in-memory `(N, H, W, C)` uint8 array (IDX, npz: small sets)."""
 
     sequential = False
+    can_be_damaged = False  # a gather cannot fail
 
     def __init__(self, images: np.ndarray) -> None:
         self.array = images
@@ -39,6 +47,7 @@ class FileReader:
     graph decodes them."""
 
     sequential = False
+    can_be_damaged = True
 
     def __init__(self, paths: list[str]) -> None:
         self.paths = np.asarray(paths, dtype=object)
@@ -62,6 +71,7 @@ class SequentialReader:
     """
 
     sequential = True
+    can_be_damaged = True
 
     def __init__(
         self,
@@ -85,3 +95,87 @@ class SequentialReader:
 
     def decode(self, raw: tf.Tensor) -> tf.Tensor:
         return self._decode(raw)
+
+
+class DamagedItems:
+    """The items of a dataset that could not be decoded (a corrupt file or record),
+    gathered as the streams meet them: each is named in the log once, and `report`
+    names them all at the end of a run.
+
+    Args:
+        ids: the dataset's item ids.
+        source: the dataset's spec, for the messages.
+    """
+
+    def __init__(self, ids: tuple[str, ...], source: str) -> None:
+        self.ids, self.source = ids, source
+        self.items: set[int] = set()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def names(self) -> list[str]:
+        return sorted(self.ids[item] for item in self.items)
+
+    def note(self, item: tf.Tensor) -> tf.Tensor:
+        """An op that records dataset item `item` (int64 scalar) as damaged. Only the
+        damaged items' path runs it, so the Python call costs nothing per good image."""
+        return tf.py_function(self._record, [item], tf.int64)
+
+    def _record(self, item: tf.Tensor) -> int:
+        item = int(item)
+        with self._lock:
+            new = item not in self.items
+            self.items.add(item)
+        if new:
+            logger.warning("Skipped %s of %s: it cannot be decoded.", self.ids[item], self.source)
+        return item
+
+    def report(self, path: str | None = None) -> None:
+        """Logs one line naming the damaged items (if any) and lists them all in `path`."""
+        if not self.items:
+            return
+        names = self.names()
+        shown = ", ".join(names[:_NAMED]) + (
+            f" and {len(names) - _NAMED} more" if len(names) > _NAMED else ""
+        )
+        listed = ""
+        if path is not None:
+            write_text_atomically(path, "".join(f"{name}\n" for name in names))
+            listed = f" All are listed in {path}."
+        logger.warning(
+            "Skipped %d damaged images of %s: %s.%s", len(names), self.source, shown, listed
+        )
+
+
+def map_skipping_damaged(
+    stream: tf.data.Dataset,
+    fn: Callable,
+    damaged: DamagedItems,
+    item: Callable,
+) -> tf.data.Dataset:
+    """`(fn(*element), ok)` for each element of `stream`, in order, where `fn` decodes
+    and may fail on a damaged item: there the value is zeros of `fn`'s output structure,
+    `ok` is False, and `damaged` notes the dataset item `item(*element)`.
+
+    Each element is decoded in a one-element dataset that ignores errors, followed by
+    its zeros: the first of the two is taken. No element is added or lost, so the stream
+    keeps its length, its order and its determinism, and no Python runs per good item.
+    """
+
+    def one(*element):
+        single = tf.data.Dataset.from_tensors(element)
+        decoded = single.map(lambda *e: (fn(*e), tf.constant(True)))
+        spec = decoded.element_spec[0]
+
+        def blank(*e):
+            zeros = tf.nest.map_structure(lambda s: tf.zeros(s.shape, s.dtype), spec)
+            with tf.control_dependencies([damaged.note(item(*e))]):
+                return tf.nest.map_structure(tf.identity, (zeros, tf.constant(False)))
+
+        return decoded.ignore_errors().concatenate(single.map(blank)).take(1)
+
+    return stream.interleave(
+        one, block_length=1, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+    )

@@ -23,7 +23,7 @@ from tensorflow_datasets.core.registered import DatasetNotFoundError
 
 from harr_tf.data.folder import DEFAULT_IMAGE_SIZE, resize_square, scan_image_folder
 from harr_tf.data.idx import find_idx_files, read_idx_folder
-from harr_tf.data.readers import ArrayReader, FileReader
+from harr_tf.data.readers import ArrayReader, DamagedItems, FileReader, map_skipping_damaged
 from harr_tf.data.tfds_source import DataUnavailableError, open_tfds
 
 logger = logging.getLogger(__name__)
@@ -55,6 +55,7 @@ class ImageDataset:
         image_size: the `(height, width)` items are read at (centre crop, then resize);
             None reads them at `native_size`.
         class_names: the name of each class id, when known.
+        damaged: the items found damaged so far (shared by every copy, e.g. `at_size`).
     """
 
     ids: tuple[str, ...]
@@ -66,8 +67,11 @@ class ImageDataset:
     native_size: tuple[int, int] | None
     image_size: tuple[int, int] | None = None
     class_names: tuple[str, ...] | None = None
+    damaged: DamagedItems | None = None
 
     def __post_init__(self) -> None:
+        if self.damaged is None:
+            object.__setattr__(self, "damaged", DamagedItems(self.ids, self.source))
         if self.labels is not None:
             object.__setattr__(self, "labels", _checked_labels(self.labels, len(self.ids), self))
         if self.native_size is None and self.image_size is None:
@@ -130,12 +134,29 @@ class ImageDataset:
         return tf.ensure_shape(image, self.image_shape)
 
     def images(self, indices: np.ndarray) -> tf.data.Dataset:
-        """`image_shape` uint8 images of `indices`, in order, decoded in parallel."""
+        """`image_shape` uint8 images of `indices`, in order, decoded in parallel; a
+        damaged item is a blank (zero) image, noted in `damaged`."""
         indices = np.asarray(indices, np.int64)
-        stream = self.raw(indices).map(
-            self.decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+        items = tf.data.Dataset.from_tensor_slices(indices)
+        stream = self.decoding(
+            tf.data.Dataset.zip(self.raw(indices), items),
+            lambda raw, _: self.decode(raw),
+            lambda _, item: item,
         )
+        stream = stream.map(lambda image, ok: image)
         return stream.apply(tf.data.experimental.assert_cardinality(len(indices)))
+
+    def decoding(self, stream: tf.data.Dataset, fn, item) -> tf.data.Dataset:
+        """`(fn(*element), ok)` for each element of `stream`, in order, where `fn`
+        decodes a raw item (with `decode`) and `item(*element)` is its dataset item:
+        where a damaged item makes `fn` fail, zeros with ok False (`map_skipping_damaged`)."""
+        if not self.reader.can_be_damaged:
+            return stream.map(
+                lambda *element: (fn(*element), tf.constant(True)),
+                num_parallel_calls=tf.data.AUTOTUNE,
+                deterministic=True,
+            )
+        return map_skipping_damaged(stream, fn, self.damaged, item)
 
     def read(self, indices: np.ndarray) -> np.ndarray:
         """`(n, H, W, C)` uint8 images of `indices` (any order) in memory: a few items."""

@@ -31,8 +31,8 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
-from harr_tf.data.folder import MAX_IMAGE_PIXELS, scan_image_folder
-from harr_tf.data.readers import SequentialReader
+from harr_tf.data.folder import MAX_IMAGE_PIXELS, FolderFiles, scan_image_folder
+from harr_tf.data.readers import DamagedItems, FileReader, SequentialReader, map_skipping_damaged
 
 logger = logging.getLogger(__name__)
 
@@ -153,11 +153,17 @@ def _labels(meta: dict, kept: np.ndarray, pattern: str):
 
 def convert(source: Path, out: str, shards: int | None = None, seed: int = 0) -> list[str]:
     """Writes the readable images of folder `source` as TFRecord files; returns their paths.
+    Each image is decoded once first: damaged ones are left out and named.
 
     `out` holds one `*`, replaced by `00000-of-0000N` per shard (without a `*`: one file).
     """
     found = scan_image_folder(source)
-    order = np.random.default_rng(seed).permutation(len(found.ids))
+    damaged = find_damaged(found, f"folder:{source}")
+    damaged.report()
+    kept = np.setdiff1d(np.arange(len(found.ids)), sorted(damaged.items))
+    if not len(kept):
+        raise ValueError(f"folder:{source}: none of its images can be decoded.")
+    order = kept[np.random.default_rng(seed).permutation(len(kept))]
     total = sum(Path(path).stat().st_size for path in found.paths)
     shards = shards or max(1, -(-total // _SHARD_BYTES))
     if "*" not in out and shards > 1:
@@ -181,6 +187,21 @@ def convert(source: Path, out: str, shards: int | None = None, seed: int = 0) ->
     for writer in writers:
         writer.close()
     return names
+
+
+def find_damaged(found: FolderFiles, source: str) -> DamagedItems:
+    """The files among `found` that TensorFlow cannot decode (their headers passed the
+    scan, their data is corrupt), each decoded once, in parallel, as training would."""
+    reader = FileReader(list(found.paths))
+    items = np.arange(len(found.ids))
+    damaged = DamagedItems(found.ids, source)
+    stream = tf.data.Dataset.zip(reader.raw(items), tf.data.Dataset.from_tensor_slices(items))
+    checked = map_skipping_damaged(
+        stream, lambda raw, _: tf.shape(reader.decode(raw)), damaged, lambda _, item: item
+    )
+    for _ in tqdm(checked.batch(256), "Checking images", unit="batch", leave=False):
+        pass
+    return damaged
 
 
 def _bytes(value: bytes) -> tf.train.Feature:
