@@ -277,36 +277,14 @@ class PostgresIndex:
                 f"{self.location} has no metadata column {extra[0]!r}; its "
                 f"columns are {list(self.metadata_columns)} (fixed by `build`)."
             )
-        try:
-            with self._lock, self._writable.transaction():
-                present = rows_sql.present_ids(self._connection, self.location, ids)
-                if present:
-                    raise ValueError(
-                        f"{len(present)} of the ids are already in the index, e.g. "
-                        f"{sorted(present)[:5]}: remove them first, or add only new ids."
-                    )
-                rows_sql.copy_rows(
-                    self._connection, self.location, ids, packed, continuous, metadata
-                )
-        except psycopg.errors.UniqueViolation as err:
-            raise ValueError(
-                f"another writer added some of these ids meanwhile: {one_line(err)}"
-            ) from err
+        with self._lock:
+            rows_sql.add_rows(self._writable, self.location, ids, packed, continuous, metadata)
         self._ids = None
 
     def remove(self, ids: Sequence[str]) -> None:
         """Drops the codes of `ids` in one transaction; refuses ids not in the table."""
-        wanted = list(dict.fromkeys(ids))
-        with self._lock, self._writable.transaction():
-            found = rows_sql.present_ids(self._connection, self.location, wanted, lock=True)
-            unknown = set(wanted) - found
-            if unknown:
-                raise ValueError(
-                    f"{len(unknown)} ids are not in the index, e.g. {sorted(unknown)[:5]}"
-                )
-            if found and rows_sql.count_rows(self._connection, self.location) == len(found):
-                raise ValueError("Cannot remove every code: an index holds at least one.")
-            rows_sql.delete_rows(self._connection, self.location, wanted)
+        with self._lock:
+            rows_sql.remove_rows(self._writable, self.location, list(dict.fromkeys(ids)))
         self._ids = None
 
     def write(

@@ -15,7 +15,7 @@ from psycopg import sql
 from tqdm import tqdm
 
 from harr_tf import postgres_table as tables
-from harr_tf.postgres_location import TableLocation
+from harr_tf.postgres_location import TableLocation, one_line
 from harr_tf.postgres_table import TableInfo
 
 _PROGRESS_STEP = 65536
@@ -37,6 +37,44 @@ def replace_table(
             connection, location, rows.ids, rows.packed, rows.continuous, rows.metadata, progress
         )
         tables.create_search_index(connection, location, info.kind, info.options)
+
+
+def add_rows(
+    connection: psycopg.Connection,
+    location: TableLocation,
+    ids: Sequence[str],
+    packed: np.ndarray,
+    continuous: np.ndarray | None,
+    metadata: dict[str, Sequence[str | None]],
+) -> None:
+    """Appends rows in one transaction; refuses ids already in the table (put there by
+    any writer, even while this one runs), changing nothing."""
+    try:
+        with connection.transaction():
+            present = present_ids(connection, location, ids)
+            if present:
+                raise ValueError(
+                    f"{len(present)} of the ids are already in the index, e.g. "
+                    f"{sorted(present)[:5]}: remove them first, or add only new ids."
+                )
+            copy_rows(connection, location, ids, packed, continuous, metadata)
+    except psycopg.errors.UniqueViolation as err:
+        raise ValueError(
+            f"another writer added some of these ids meanwhile: {one_line(err)}"
+        ) from err
+
+
+def remove_rows(connection: psycopg.Connection, location: TableLocation, ids: list[str]) -> None:
+    """Deletes the rows of `ids` in one transaction; refuses ids not in the table, and
+    removing every row (as `HammingIndex.remove` does)."""
+    with connection.transaction():
+        found = present_ids(connection, location, ids, lock=True)
+        unknown = set(ids) - found
+        if unknown:
+            raise ValueError(f"{len(unknown)} ids are not in the index, e.g. {sorted(unknown)[:5]}")
+        if found and count_rows(connection, location) == len(found):
+            raise ValueError("Cannot remove every code: an index holds at least one.")
+        delete_rows(connection, location, ids)
 
 
 def present_ids(
