@@ -20,7 +20,7 @@ import tensorflow as tf
 from conftest import require_fashion_mnist
 from PIL import Image
 from serving_support import ServingProcess, encoded_images
-from test_search_writers import mount_tmpfs
+from test_atomic import mount_tmpfs
 
 import serving.encode
 from harr_tf.data import load_dataset
