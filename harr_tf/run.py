@@ -175,7 +175,8 @@ def run(
         encoder, seconds = train_code_length(
             config, bits, data, wta, directory, verbose, strategy, frozen
         )
-        encoder.save(os.path.join(directory, "encoder.keras"))
+        with atomic_path(os.path.join(directory, "encoder.keras")) as temporary:
+            encoder.save(temporary)  # whole or not at all: a cut-off one fails to load
         if not evaluated:
             continue
         batch = config.encode_batch_size
