@@ -1,12 +1,14 @@
-"""One stage of a run in this process, for `benchmarks/memory.py --stages`: prints one
-JSON line with the batch it ran at, the RSS before the stage and the peak RSS (GB), and
-the estimate `harr_tf.memory_budget` makes of that peak.
+"""Stages of a run in this process, for `benchmarks/memory.py --stages`: prints, per
+stage, one JSON line with the batch it ran at, the RSS before the stage and the peak RSS
+(GB), and the estimate `harr_tf.memory_budget` makes of that peak.
 
     .venv/bin/python benchmarks/memory_stage.py teacher --folder DIR --image-size 64
+    .venv/bin/python benchmarks/memory_stage.py teacher,training --folder DIR --image-size 32
 
 Stages: `teacher` (the WTA teacher pass, `wta_codes` with the backbone), `encoding`
-(`encode_images` with the encoder), `training` (`--steps` steps of a fine-tuned
-backbone on three views). Each runs in its own process: a process's peak RSS only grows.
+(`encode_images` with the encoder), both on `--images` images, and `training`
+(`--steps` steps of a fine-tuned backbone on three views of the folder's training
+images). A process's peak RSS only grows: one stage per process measures it alone.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import numpy as np
 STAGES = ("training", "teacher", "encoding")
 
 
-def run_stage(args: argparse.Namespace) -> dict:
+def run_stage(stage: str, args: argparse.Namespace) -> dict:
     import keras
 
     from harr_tf.backbones import build_backbone
@@ -45,7 +47,7 @@ def run_stage(args: argparse.Namespace) -> dict:
     shape = dataset.image_shape
     indices = np.arange(min(args.images, dataset.num_items))
     keras.utils.set_random_seed(0)
-    if args.stage == "training":
+    if stage == "training":
         from harr_tf.run_data import build_wta_structure, load_run_data
         from harr_tf.training import new_model, training_stream, with_batch_size
 
@@ -54,7 +56,7 @@ def run_stage(args: argparse.Namespace) -> dict:
             bits=(16,),
             epochs=1,
             steps_per_epoch=args.steps,
-            train_size=args.images,
+            train_size="all",  # the training images the protocol leaves
             image_size=args.image_size,
             batch_size=args.batch_size,
             memory_budget=args.memory_budget,
@@ -71,14 +73,14 @@ def run_stage(args: argparse.Namespace) -> dict:
         before = peak_rss_bytes()
         harr.fit(stream, epochs=1, steps_per_epoch=args.steps, verbose=0)
     else:
-        if args.stage == "teacher":
+        if stage == "teacher":
             network = build_backbone(args.backbone, shape, "none")
         else:
             network = build_encoder(shape, 16, model)
         batch = inference_batch_size(network, args.batch_size)
         per_image, fixed = inference_cost(activation_bytes(network), 4 * network.count_params())
         before = peak_rss_bytes()
-        if args.stage == "teacher":
+        if stage == "teacher":
             wta_codes(
                 dataset,
                 indices,
@@ -102,7 +104,7 @@ def run_stage(args: argparse.Namespace) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("stage", choices=STAGES)
+    parser.add_argument("stages", help=f"comma-separated, of {STAGES}")
     parser.add_argument("--folder", required=True, help="a folder of images (folder:DIR)")
     parser.add_argument("--backbone", default="small_cnn")
     parser.add_argument("--image-size", type=int, required=True)
@@ -114,7 +116,10 @@ def main() -> None:
     from harr_tf.quiet import quiet_tensorflow
 
     quiet_tensorflow(False)
-    print(json.dumps(run_stage(args)))
+    for stage in args.stages.split(","):
+        if stage not in STAGES:
+            raise SystemExit(f"Unknown stage {stage!r}. Expected some of {STAGES}.")
+        print(json.dumps({"stage": stage, **run_stage(stage, args)}), flush=True)
 
 
 if __name__ == "__main__":
