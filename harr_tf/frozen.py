@@ -220,7 +220,7 @@ def prepare_frozen(
     dataset = data.dataset
     backbone = teacher_network(dataset, config)
     backbone.trainable = False
-    batch = inference_batch_size(dataset.image_shape, config.encode_batch_size)
+    batch = inference_batch_size(backbone, config.encode_batch_size)
     train = data.split.train
     augmenter = ViewAugmenter(dataset.image_shape, config.augment, seed=config.seed)
     directory = os.path.join(run_dir, "features")
