@@ -108,6 +108,7 @@ def run_into_table(args: argparse.Namespace) -> int:
                 batch_size=args.batch_size,
                 concurrency=args.concurrency,
                 checkpoint_seconds=0.0,
+                max_pixels=args.max_pixels,
             )
         except (RequestFailed, KeyboardInterrupt) as err:
             reason = "interrupted" if isinstance(err, KeyboardInterrupt) else f"error: {err}"
