@@ -129,6 +129,8 @@ def create_app(
         if batch.failures:
             message = next(iter(batch.failures.values())).strip().splitlines()[0]
             return fail(400, f"The model cannot decode the image: {message}")
+        if len(index) == 0:
+            return fail(409, "The index holds no codes yet: encode or add some first.")
         results = nearest(index, batch.packed, top_k, continuous=batch.continuous, rerank=rerank)[0]
         return flask.jsonify(results=described(results, None))
 

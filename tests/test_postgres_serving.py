@@ -205,3 +205,15 @@ def test_the_page_answers_from_a_table_as_from_a_faiss_file(grpc_server, collect
             answers.append((item, found.get_json(), page.get("/").status_code))
     assert answers[0] == answers[1]
     assert answers[1][1]["results"][0] == {**answers[1][1]["results"][0], "distance": 0}
+
+
+def test_the_page_on_an_empty_table_says_so(grpc_server, collection, postgres):
+    """A table an encoder has created but not yet filled: one clear answer, not a 500."""
+    folder, ids, _, reference = collection
+    table = PostgresIndex.open_for_writing(postgres.uri(table="page_empty"), reference.shape[1])
+    image = (folder / ids[3]).read_bytes()
+    with ServingClient(grpc_server) as client:
+        page = create_app(table, client, folder, top_k=6).test_client()
+        found = page.post("/api/search", data={"image": (io.BytesIO(image), "q.png")})
+    assert found.status_code == 409
+    assert "holds no codes yet" in found.get_json()["error"]
