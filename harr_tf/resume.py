@@ -30,6 +30,7 @@ RESUMABLE_SETTINGS = (
     "data_dir",
     "encode_batch_size",
     "steps_per_execution",
+    "memory_budget",  # sizes batches; the training batch trained at stays as saved
     "learning_rate",
     "loss.bcr_weight",
     "loss.quantization_weight",

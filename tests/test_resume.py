@@ -19,6 +19,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def test_budget_may_change_but_data_codes_and_structure_may_not():
     saved = TrainConfig(bits=(16,))
     assert changed_settings(saved, TrainConfig(bits=(16,), epochs=60, eval_every=5)) == {}
+    assert changed_settings(saved, TrainConfig(bits=(16,), memory_budget=4.0)) == {}
     changed = TrainConfig(
         dataset="mnist",
         bits=(32,),
