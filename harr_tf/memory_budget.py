@@ -101,8 +101,28 @@ def budget_bytes(gb: float | None = None) -> int:
 
 
 def peak_rss_bytes() -> int:
-    """This process's peak resident memory so far (Linux reports KiB)."""
+    """This process's peak resident memory since it started or since `reset_peak_rss`.
+
+    Linux's VmHWM, not `getrusage`'s ru_maxrss: that survives `exec`, so a child of a
+    large process (a test run) would report its parent's size as its own peak."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def reset_peak_rss() -> None:
+    """Starts `peak_rss_bytes` again from the current resident memory (Linux ≥ 4.0), so
+    one batch's peak is measured, not the process's history; a no-op where unsupported."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
 
 
 def activation_bytes(model: keras.Model) -> int:
@@ -188,6 +208,7 @@ class HalvingBatches:
         """`function` of `batch` (n, ...), computed in chunks, concatenated: (n, ...)."""
         outputs, start = [], 0
         while start < len(batch):
+            reset_peak_rss()
             before = peak_rss_bytes()
             chunk = batch[start : start + self.size]
             try:
