@@ -6,7 +6,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import pytest  # noqa: E402
 
-# The serving fixtures (tests/serving_support.py) and a PostgreSQL server (tests/postgres_server.py).
+# The serving fixtures (tests/serving_support.py), a PostgreSQL server (postgres_server.py).
 pytest_plugins = ["serving_support", "postgres_server"]
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
