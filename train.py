@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import errno
 import logging
 import os
 import sys
@@ -341,8 +340,9 @@ def main(argv: list[str] | None = None) -> int:
         tf.config.experimental.enable_op_determinism()
     from harr_tf import distribute, precision
     from harr_tf.backbones import WeightsUnavailableError
+    from harr_tf.interrupts import stop_on_sigterm, stopped_exit_status
     from harr_tf.report import results_table
-    from harr_tf.resume import resume_advice, stop_on_sigterm
+    from harr_tf.resume import resume_advice
     from harr_tf.run import run
     from harr_tf.training import TrainingDiverged
 
@@ -383,19 +383,8 @@ def main(argv: list[str] | None = None) -> int:
         first = error.message.splitlines()[0]
         print(f"error: {first} Rerun with --nondeterministic.", file=sys.stderr)
         return 1
-    except KeyboardInterrupt as stop:
-        print(f"Stopped by {str(stop) or 'Ctrl-C'}. {resume_advice(run_dir)}", file=sys.stderr)
-        return 130
-    except OSError as error:
-        if error.errno != errno.ENOSPC:
-            raise
-        where = f": {error.filename}" if error.filename else ""
-        print(
-            f"error: disk full ({error.strerror}{where}); free some space. Nothing written "
-            f"so far is lost. {resume_advice(run_dir)}",
-            file=sys.stderr,
-        )
-        return 1
+    except (KeyboardInterrupt, OSError) as error:
+        return stopped_exit_status(error, resume_advice(run_dir))
     if metrics["results"]:
         print(results_table(metrics))
     print(f"Run directory: {run_dir}")

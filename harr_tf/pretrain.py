@@ -17,7 +17,6 @@ A finished run is not trained again; one process at a time works in a directory.
 from __future__ import annotations
 
 import argparse
-import errno
 import logging
 import math
 import os
@@ -249,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     from harr_tf.quiet import quiet_tensorflow
 
     quiet_tensorflow(args.verbose)
-    from harr_tf.resume import stop_on_sigterm
+    from harr_tf.interrupts import stop_on_sigterm, stopped_exit_status
 
     stop_on_sigterm()
     try:
@@ -257,14 +256,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt as stop:
-        print(f"Stopped by {str(stop) or 'Ctrl-C'}. {_RESUME}", file=sys.stderr)
-        return 130
-    except OSError as error:
-        if error.errno != errno.ENOSPC:
-            raise
-        print(f"error: disk full: {error}. {_RESUME}", file=sys.stderr)
-        return 1
+    except (KeyboardInterrupt, OSError) as error:
+        return stopped_exit_status(error, _RESUME)
     print(f"Pretrained backbone: {weights}")
     print(
         f"Use it as the WTA teacher: python train.py --dataset {args.dataset} "

@@ -12,7 +12,6 @@ import glob
 import json
 import os
 import shlex
-import signal
 
 import numpy as np
 
@@ -109,14 +108,3 @@ def resume_advice(run_dir: str) -> str:
 def _bits(directory: str) -> int:
     suffix = os.path.basename(directory).removeprefix("bits_")
     return int(suffix) if suffix.isdigit() else 0
-
-
-def stop_on_sigterm() -> None:
-    """SIGTERM (a scheduler's stop, `kill`) stops a run as Ctrl-C does: KeyboardInterrupt
-    after the current step, every file already written kept whole (written beside and
-    renamed), so the run resumes from its last checkpoint."""
-
-    def stop(signum: int, frame) -> None:
-        raise KeyboardInterrupt(signal.Signals(signum).name)
-
-    signal.signal(signal.SIGTERM, stop)
