@@ -3,18 +3,10 @@ gRPC and REST APIs that loads models the same (session-based) way, code generati
 collection over gRPC, and Hamming search.
 
 The names below are the export's contract with every client; they are plain
-strings here so a client can import them without loading TensorFlow. Started as a
-command (`python -m serving.export ...`), TensorFlow's start-up lines are silenced
-unless `--verbose` is given (`harr_tf.quiet`); `serving.search build|add|remove` do not
-load TensorFlow at all.
+strings here so a client can import them without loading TensorFlow. Importing the
+package has no side effects: the commands silence TensorFlow's start-up lines
+themselves (`harr_tf.quiet`).
 """
-
-from harr_tf.quiet import command_module, quiet_module_command_line
-
-_COMMAND = command_module()
-quiet_module_command_line(
-    "serving", needs_tensorflow=_COMMAND[:1] != ["serving.search"] or "query" in _COMMAND[1:2]
-)
 
 IMAGES_SIGNATURE = "serving_default"
 PIXELS_SIGNATURE = "encode_pixels"
