@@ -194,13 +194,7 @@ def run(args: argparse.Namespace) -> int:
         except OSError as err:  # the checkpoint could not be written: a full disk
             return _cannot_write(err, store)
         except (RequestFailed, KeyboardInterrupt) as err:
-            reason = "interrupted" if isinstance(err, KeyboardInterrupt) else f"error: {err}"
-            print(
-                f"{reason}. The codes received so far are saved in {store.parts}; run the "
-                "same command with --resume to continue.",
-                file=sys.stderr,
-            )
-            return 130 if isinstance(err, KeyboardInterrupt) else 1
+            return stopped_encoding(err, f"The codes received so far are saved in {store.parts}")
     try:
         count = store.finish(collection.ids, encoded, failures, origin)
     except OSError as err:
@@ -226,6 +220,15 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     return 0
+
+
+def stopped_encoding(err: RequestFailed | KeyboardInterrupt, kept: str) -> int:
+    """One line for an encoding run stopped by Ctrl-C, SIGTERM or a request that failed
+    its retries, after `kept` (where the codes received so far are), and the exit status:
+    130 for a stop, 1 for a failure. `--resume` continues from what was kept."""
+    reason = "interrupted" if isinstance(err, KeyboardInterrupt) else f"error: {err}"
+    print(f"{reason}. {kept}; run the same command with --resume to continue.", file=sys.stderr)
+    return 130 if isinstance(err, KeyboardInterrupt) else 1
 
 
 def _cannot_write(err: OSError, store: CodeStore) -> int:

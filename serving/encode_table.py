@@ -24,7 +24,7 @@ from harr_tf.postgres_index import PostgresIndex
 from serving.client import RequestFailed, ServingClient
 from serving.code_store import CodesOrigin
 from serving.collection import Collection, open_collection
-from serving.encode import _named, encode_collection
+from serving.encode import _named, encode_collection, stopped_encoding
 
 
 def shard(collection: Collection, spec: str | None) -> Collection:
@@ -111,13 +111,8 @@ def run_into_table(args: argparse.Namespace) -> int:
                 max_pixels=args.max_pixels,
             )
         except (RequestFailed, KeyboardInterrupt) as err:
-            reason = "interrupted" if isinstance(err, KeyboardInterrupt) else f"error: {err}"
-            print(
-                f"{reason}. The {store.written} codes received so far are in the table; run "
-                "the same command with --resume to continue.",
-                file=sys.stderr,
-            )
-            return 130 if isinstance(err, KeyboardInterrupt) else 1
+            kept = f"The {store.written} codes received so far are in the table"
+            return stopped_encoding(err, kept)
         finally:
             index.close()
     seconds = time.monotonic() - start

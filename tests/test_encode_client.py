@@ -160,7 +160,10 @@ def test_interrupted_run_checkpoints_and_resume_finishes_it(
         patch.setattr(serving.encode, "open_collection", interrupted_at_item_20)
         status = encode(grpc_server, folder, out, "--batch-size", "4", "--concurrency", "1")
     assert status == 130
-    assert "--resume" in capsys.readouterr().err
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"interrupted. The codes received so far are saved in {out}.parts; run the same "
+        "command with --resume to continue."
+    )
     assert not out.exists()
     assert list((tmp_path / "codes.npz.parts").glob("part-*.npz"))
     assert encode(grpc_server, folder, out, "--resume") == 0
@@ -169,6 +172,15 @@ def test_interrupted_run_checkpoints_and_resume_finishes_it(
     assert stored["ids"].tolist() == ids
     np.testing.assert_array_equal(stored["codes"], reference)
     assert not (tmp_path / "codes.npz.parts").exists()
+
+
+def test_a_failed_request_stops_encoding_with_one_line_and_exit_1(capsys):
+    failed = RequestFailed(grpc.StatusCode.UNAVAILABLE, "connection refused", "Predict")
+    assert serving.encode.stopped_encoding(failed, "The 8 codes so far are in the table") == 1
+    assert capsys.readouterr().err == (
+        "error: Predict: UNAVAILABLE: connection refused. The 8 codes so far are in the "
+        "table; run the same command with --resume to continue.\n"
+    )
 
 
 def test_server_killed_and_restarted_mid_run(
