@@ -99,6 +99,14 @@ FLAGS = [
         "up to 96 px, else 64 for small_cnn; 224 for pretrained backbones)",
     ),
     (
+        "--max-pixels",
+        None,
+        "max_pixels",
+        int,
+        "images whose header declares more pixels are skipped unread, named in the log "
+        "(default: 40,000,000)",
+    ),
+    (
         "--learning-rate",
         None,
         "learning_rate",

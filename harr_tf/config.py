@@ -133,6 +133,7 @@ class TrainConfig:
     queries_per_class: int | None = None  # None: the protocol's
     validation_per_class: int | None = None  # None: the protocol's
     image_size: int | None = None  # None: harr_tf.data.image_size's default for the backbone
+    max_pixels: int = MAX_IMAGE_PIXELS  # images declaring more are skipped unread
     learning_rate: float = 0.05
     momentum: float = 0.9
     weight_decay: float = 1e-5
@@ -172,15 +173,16 @@ class TrainConfig:
             "image_size",
             "encode_batch_size",
             "steps_per_execution",
+            "max_pixels",
         ):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"`{name}` must be >= 1. Received: {name}={getattr(self, name)}")
-        if self.image_size is not None and self.image_size**2 > MAX_IMAGE_PIXELS:
+        if self.image_size is not None and self.image_size**2 > self.max_pixels:
             raise ValueError(
                 f"`image_size` {self.image_size} means {self.image_size**2 / 1e6:.0f} MP per "
                 f"image ({self.image_size**2 * 12 / 2**30:.1f} GiB per float32 RGB view), over "
-                f"the budget of {MAX_IMAGE_PIXELS / 1e6:.0f} MP. Expected image_size <= "
-                f"{math.isqrt(MAX_IMAGE_PIXELS)}. Received: image_size={self.image_size}"
+                f"the budget of {self.max_pixels / 1e6:.0f} MP. Expected image_size <= "
+                f"{math.isqrt(self.max_pixels)}. Received: image_size={self.image_size}"
             )
         if self.epochs is not None and self.steps is not None:
             raise ValueError(

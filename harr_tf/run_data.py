@@ -47,7 +47,7 @@ class WTAStructure:
 def load_run_data(config: TrainConfig) -> RunData:
     """Opens the dataset at the network's image size and draws the protocol split
     (`train_size`, `queries_per_class` and `validation_per_class` override it)."""
-    dataset = load_dataset(config.dataset, data_dir=config.data_dir)
+    dataset = load_dataset(config.dataset, data_dir=config.data_dir, max_pixels=config.max_pixels)
     size = resolve_image_size(config.image_size, dataset.native_size, config.model.trained_backbone)
     dataset = dataset.at_size(size)
     protocol = get_protocol(config.protocol)

@@ -33,10 +33,11 @@ from werkzeug.routing import PathConverter
 from werkzeug.security import safe_join
 from werkzeug.serving import make_server
 
+from harr_tf.data.folder import MAX_IMAGE_PIXELS
+from harr_tf.data.image_header import TooManyPixels, check_pixels
 from harr_tf.index import HammingIndex
 from harr_tf.postgres_index import open_index
 from serving.cli import add_endpoint_arguments, add_verbose_argument, positive
-from serving.pixel_budget import DEFAULT_MAX_PIXELS, TooManyPixels, check_pixels
 
 _EXAMPLES = 24
 _THUMBNAIL_PIXELS = 128
@@ -62,7 +63,7 @@ def create_app(
     top_k: int = 10,
     max_upload_bytes: int = 8 * 2**20,
     rerank: int | None = None,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_pixels: int = MAX_IMAGE_PIXELS,
 ) -> flask.Flask:
     """The Flask app of the page and its API over `index`, encoding uploads with `client`
     (a `serving.client.ServingClient`); thumbnails are made from the files under `images`.
@@ -218,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--max-pixels",
         type=positive(int),
-        default=DEFAULT_MAX_PIXELS,
+        default=MAX_IMAGE_PIXELS,
         help="uploads whose header declares more pixels are refused before decoding "
         "(default: %(default)s)",
     )

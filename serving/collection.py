@@ -1,10 +1,11 @@
 """The images `serving.encode` sends: a folder, a list of files, or a dataset spec.
 
 Every item has an id and a way to read its encoded bytes. Files are sent as they are on
-disk (the server decodes them); dataset items (`npz:`, `tfds:`, `tfrecord:`, ...) are
-streamed in order and encoded to PNG here, losslessly, so the server sees exactly their
-pixels. Bytes are read only when a batch is about to be sent, so a collection of millions
-of files costs its ids in memory.
+disk, and records (`tfrecord:`, `tfds:`) as they are stored: the server decodes and
+resizes them exactly as training read them, and refuses a damaged one, which is then
+named among the failures. Items of in-memory arrays (`npz:`, `idx:`, ...) are encoded to
+PNG here, losslessly, at their native size. Bytes are read only when a batch is about to
+be sent, so a collection of millions of files costs its ids in memory.
 """
 
 from __future__ import annotations
@@ -104,21 +105,26 @@ def _dataset_collection(spec: str) -> Collection:
         dataset = load_dataset(spec)
     except (ValueError, FileNotFoundError, RuntimeError) as err:
         raise ValueError(f"--input {spec}: {err}") from err
-    return Collection(dataset.ids, _StreamCursor(dataset).png, dataset.source)
+    return Collection(dataset.ids, _StreamCursor(dataset).read, dataset.source)
 
 
 class _StreamCursor:
-    """PNG bytes of item `position`, read from the dataset's stream in order: reading
-    the items one after another costs one pass, and another order restarts the stream."""
+    """The encoded bytes of item `position`, read from the dataset's stream in order:
+    reading the items one after another costs one pass, another order restarts it.
+    Records are their stored bytes; array items the PNG of their native pixels."""
 
     def __init__(self, dataset) -> None:
         self.dataset = dataset
         self.next_position, self.items = 0, None
 
-    def png(self, position: int) -> bytes:
+    def read(self, position: int) -> bytes:
         if self.items is None or position != self.next_position:
             rest = np.arange(position, self.dataset.num_items)
-            self.items = self.dataset.images(rest).prefetch(64).as_numpy_iterator()
-        image = next(self.items)
+            stream = self.dataset.raw(rest) if self.dataset.sequential else self._png(rest)
+            self.items = stream.prefetch(64).as_numpy_iterator()
+        contents = next(self.items)
         self.next_position = position + 1
-        return tf.io.encode_png(np.ascontiguousarray(image)).numpy()
+        return contents
+
+    def _png(self, indices: np.ndarray) -> tf.data.Dataset:
+        return self.dataset.images(indices).map(tf.io.encode_png)

@@ -24,11 +24,12 @@ from collections.abc import Iterator
 import numpy as np
 from tqdm import tqdm
 
+from harr_tf.data.folder import MAX_IMAGE_PIXELS
+from harr_tf.data.image_header import TooManyPixels, check_pixels
 from serving.cli import add_endpoint_arguments, add_retry_arguments, add_verbose_argument, positive
 from serving.client import RequestFailed, ServingClient, map_concurrently
 from serving.code_store import CodesOrigin, CodeStore, StoredCodes
 from serving.collection import INPUT_FORMS, Collection, open_collection
-from serving.pixel_budget import DEFAULT_MAX_PIXELS, TooManyPixels, check_pixels
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ def encode_collection(
     concurrency: int = 4,
     progress: bool = True,
     checkpoint_seconds: float = _CHECKPOINT_SECONDS,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_pixels: int = MAX_IMAGE_PIXELS,
 ) -> tuple[StoredCodes, dict[str, str]]:
     """Encodes the items of `collection` not in `previous`, checkpointing into `store`
     every `checkpoint_seconds` (a table of `serving.encode_table`: every batch).
@@ -288,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--max-pixels",
         type=positive(int),
-        default=DEFAULT_MAX_PIXELS,
+        default=MAX_IMAGE_PIXELS,
         help="files whose header declares more pixels are skipped, unsent (default: %(default)s)",
     )
     add_verbose_argument(parser)

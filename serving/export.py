@@ -32,6 +32,7 @@ from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 from tqdm import tqdm
 
 import harr_tf.encoder  # noqa: F401  (registers the custom layers that .keras files name)
+from harr_tf.data.folder import MAX_IMAGE_PIXELS
 from serving import (
     IMAGES_INPUT,
     IMAGES_SIGNATURE,
@@ -48,7 +49,6 @@ from serving.layout import (
     version_directories,
 )
 from serving.model_config import add_model_to_config
-from serving.pixel_budget import DEFAULT_MAX_PIXELS
 from serving.session_bundle import SessionBundle
 from serving.signatures import EncoderServingGraph
 
@@ -106,7 +106,7 @@ def export_encoder(
     version: int | None = None,
     config: dict | None = None,
     progress: bool = False,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_pixels: int = MAX_IMAGE_PIXELS,
 ) -> Path:
     """Writes `encoder` as `base_path/<version>/` and returns that directory.
 
@@ -276,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--max-pixels",
         type=positive(int),
-        default=DEFAULT_MAX_PIXELS,
+        default=MAX_IMAGE_PIXELS,
         help="the served model refuses images whose header declares more pixels, before "
         "decoding them (default: %(default)s, the training readers' limit)",
     )

@@ -5,7 +5,7 @@ codes training would give: images are decoded with the op and channel count the
 data loaders use and resized with the loaders' own `resize_square`, so a
 `folder:` image arrives at the encoder with the same uint8 pixels. An image whose
 header declares more pixels than the export's budget is refused before it is decoded
-(`serving.pixel_budget`).
+(`harr_tf.data.image_header`).
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from harr_tf.data.folder import resize_square
+from harr_tf.data.folder import MAX_IMAGE_PIXELS, resize_square
+from harr_tf.data.image_header import decode_within_budget
 from harr_tf.layers import sign_codes
 from serving import IMAGES_INPUT, IMAGES_SIGNATURE, PIXELS_INPUT, PIXELS_SIGNATURE
-from serving.pixel_budget import DEFAULT_MAX_PIXELS, budget_check
 
 # Most-significant bit first, as np.packbits.
 _BIT_WEIGHTS = tuple(1 << (7 - position) for position in range(8))
@@ -45,7 +45,7 @@ class EncoderServingGraph:
             training readers' limit.
     """
 
-    def __init__(self, encoder: keras.Model, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+    def __init__(self, encoder: keras.Model, max_pixels: int = MAX_IMAGE_PIXELS) -> None:
         if max_pixels < 1:
             raise ValueError(f"`max_pixels` must be positive. Received: max_pixels={max_pixels}")
         self.encoder, self.max_pixels = encoder, int(max_pixels)
@@ -88,26 +88,10 @@ class EncoderServingGraph:
         return self._outputs(pixels)
 
     def _decode(self, contents: tf.Tensor) -> tf.Tensor:
-        """One encoded image → uint8 (H, W, C), as the data loaders would read it."""
+        """One encoded image → uint8 (H, W, C), as the data loaders read it."""
         height, width, channels = self.image_shape
-        with tf.control_dependencies([budget_check(contents, self.max_pixels)]):
-            image = self._decode_within_budget(contents)
-        image = tf.ensure_shape(image, [None, None, channels])
+        image = decode_within_budget(contents, channels, self.max_pixels)
         return tf.ensure_shape(resize_square(image, (height, width)), self.image_shape)
-
-    def _decode_within_budget(self, contents: tf.Tensor) -> tf.Tensor:
-        channels = self.image_shape[-1]
-        if channels == 3:  # what the folder reader does
-            image = tf.io.decode_image(contents, channels=3, expand_animations=False)
-        else:
-            # BMP, GIF and WebP decoders cannot produce one channel themselves.
-            native = tf.io.decode_image(contents, expand_animations=False)
-            image = tf.cond(
-                tf.shape(native)[-1] >= 3,
-                lambda: tf.image.rgb_to_grayscale(native[..., :3]),
-                lambda: native[..., :1],
-            )
-        return image
 
     def _outputs(self, pixels: tf.Tensor) -> dict[str, tf.Tensor]:
         # oneDNN's Conv2D fails on a batch of 0, so that case never reaches the encoder.

@@ -65,12 +65,12 @@ def test_a_damaged_image_in_a_folder_is_skipped_and_named(folder, caplog):
     assert trained_items(dataset) == set(range(dataset.num_items)) - {damaged}
 
 
-def write_record(path, encoded: bytes, item_id: str, label: int) -> None:
+def write_record(path, encoded: bytes, item_id: str, label: int, declared: int = 20) -> None:
     feature = {
         "image/encoded": tf.train.Feature(bytes_list=tf.train.BytesList(value=[encoded])),
         "image/id": tf.train.Feature(bytes_list=tf.train.BytesList(value=[item_id.encode()])),
-        "image/height": tf.train.Feature(int64_list=tf.train.Int64List(value=[20])),
-        "image/width": tf.train.Feature(int64_list=tf.train.Int64List(value=[20])),
+        "image/height": tf.train.Feature(int64_list=tf.train.Int64List(value=[declared])),
+        "image/width": tf.train.Feature(int64_list=tf.train.Int64List(value=[declared])),
         "image/class/label": tf.train.Feature(int64_list=tf.train.Int64List(value=[label])),
     }
     with tf.io.TFRecordWriter(str(path)) as writer:
@@ -93,6 +93,32 @@ def test_damaged_records_are_skipped_and_named(folder, tmp_path):
     assert dataset.damaged.names() == [DAMAGED, "text"]
     bad = {dataset.ids.index(DAMAGED), dataset.ids.index("text")}
     assert trained_items(dataset) == set(range(13)) - bad
+
+
+def test_a_record_understating_its_size_is_refused_from_the_header(folder, tmp_path):
+    """A hand-made record declaring 20 x 20 for a 4,000 x 4,000 PNG passes the metadata
+    check; its decode refuses it from the PNG header before allocating, as damaged."""
+    big = tmp_path / "big.png"
+    Image.new("RGB", (4000, 4000)).save(big)
+    write_record(tmp_path / "r-0.tfrecord", (folder / "b" / "00.png").read_bytes(), "b/00.png", 1)
+    write_record(tmp_path / "r-1.tfrecord", big.read_bytes(), "liar", 0)
+    dataset = load_dataset(f"tfrecord:{tmp_path}/r-*.tfrecord", max_pixels=1_000_000)
+    assert dataset.ids == ("b/00.png", "liar")  # its declared 400 pixels pass
+    images = all_images(dataset)
+    assert not images[1].any() and dataset.damaged.names() == ["liar"]
+    np.testing.assert_array_equal(images[0], np.asarray(Image.open(folder / "b" / "00.png")))
+    # Within a budget its real size fits, it decodes: only its size was refused.
+    dataset = load_dataset(f"tfrecord:{tmp_path}/r-*.tfrecord").at_size(16)
+    assert len(all_images(dataset)) == 2 and not len(dataset.damaged)
+
+
+def test_a_folder_is_read_within_the_given_pixel_budget(folder, tmp_path):
+    """`max_pixels` (train.py's --max-pixels) skips larger images unread."""
+    (tmp_path / "a").mkdir()
+    Image.new("RGB", (30, 30)).save(tmp_path / "a" / "large.png")
+    Image.new("RGB", (10, 10)).save(tmp_path / "a" / "small.png")
+    assert load_dataset(f"folder:{tmp_path}", max_pixels=500).ids == ("a/small.png",)
+    assert len(load_dataset(f"folder:{tmp_path}").ids) == 2
 
 
 def test_convert_leaves_damaged_images_out_and_names_them(folder, tmp_path, caplog):

@@ -201,6 +201,16 @@ def test_an_image_size_over_the_pixel_budget_is_one_line_before_any_allocation(t
     assert not (tmp_path / "run").exists()
 
 
+def test_the_image_size_is_checked_against_the_runs_own_pixel_budget():
+    from harr_tf.config import TrainConfig
+
+    assert TrainConfig(image_size=1000, max_pixels=1_000_000).max_pixels == 1_000_000
+    with pytest.raises(ValueError, match="over the budget of 1 MP. Expected image_size <= 1000"):
+        TrainConfig(image_size=1001, max_pixels=1_000_000)
+    with pytest.raises(ValueError, match="`max_pixels` must be >= 1"):
+        TrainConfig(max_pixels=0)
+
+
 def test_an_npz_with_an_object_array_is_an_error_naming_the_file(tmp_path):
     from harr_tf.data import load_dataset
 

@@ -17,6 +17,7 @@ import numpy as np
 import tensorflow as tf
 
 from harr_tf.atomic import write_text_atomically
+from harr_tf.data.image_header import decode_within_budget
 
 logger = logging.getLogger("harr_tf")
 _NAMED = 20  # damaged items named in the closing log line; the file lists them all
@@ -43,21 +44,22 @@ class ArrayReader:
 
 
 class FileReader:
-    """Image files on disk (JPEG, PNG, BMP, GIF, WebP), decoded to RGB as the serving
-    graph decodes them."""
+    """Image files on disk (JPEG, PNG, BMP, GIF, WebP), decoded to RGB by the serving
+    graph's decode, within the same pixel budget (a file changed since the folder scan
+    cannot bring a bomb)."""
 
     sequential = False
     can_be_damaged = True
 
-    def __init__(self, paths: list[str]) -> None:
+    def __init__(self, paths: list[str], max_pixels: int) -> None:
         self.paths = np.asarray(paths, dtype=object)
+        self.max_pixels = max_pixels
 
     def raw(self, indices: np.ndarray) -> tf.data.Dataset:
         return tf.data.Dataset.from_tensor_slices(self.paths[np.asarray(indices, np.int64)])
 
     def decode(self, raw: tf.Tensor) -> tf.Tensor:
-        image = tf.io.decode_image(tf.io.read_file(raw), channels=3, expand_animations=False)
-        return tf.ensure_shape(image, (None, None, 3))
+        return decode_within_budget(tf.io.read_file(raw), 3, self.max_pixels)
 
 
 class SequentialReader:

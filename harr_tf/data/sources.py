@@ -21,7 +21,12 @@ import numpy as np
 import tensorflow as tf
 from tensorflow_datasets.core.registered import DatasetNotFoundError
 
-from harr_tf.data.folder import DEFAULT_IMAGE_SIZE, resize_square, scan_image_folder
+from harr_tf.data.folder import (
+    DEFAULT_IMAGE_SIZE,
+    MAX_IMAGE_PIXELS,
+    resize_square,
+    scan_image_folder,
+)
 from harr_tf.data.idx import find_idx_files, read_idx_folder
 from harr_tf.data.readers import ArrayReader, DamagedItems, FileReader, map_skipping_damaged
 from harr_tf.data.tfds_source import DataUnavailableError, open_tfds
@@ -168,7 +173,11 @@ class ImageDataset:
 
 
 def load_dataset(
-    spec: str, *, data_dir: str | None = None, image_size: int | None = None
+    spec: str,
+    *,
+    data_dir: str | None = None,
+    image_size: int | None = None,
+    max_pixels: int = MAX_IMAGE_PIXELS,
 ) -> ImageDataset:
     """Open the images named by `spec` (see the module docstring).
 
@@ -181,6 +190,8 @@ def load_dataset(
         image_size: when given, every image is centre-cropped and resized to
             `image_size` × `image_size` as it is read. Sources whose images differ
             in size are read at 224 × 224 when it is None. Defaults to None.
+        max_pixels: folder and TFRecord images declaring more pixels in their header
+            are skipped unread (named in the log). Defaults to 40,000,000.
 
     Returns:
         The ids, labels when the source has them, and a reader of the images.
@@ -195,7 +206,7 @@ def load_dataset(
         # Imported here: `python -m harr_tf.data.tfrecord` runs that module as __main__.
         from harr_tf.data.tfrecord import open_tfrecords
 
-        dataset = ImageDataset(**open_tfrecords(argument))
+        dataset = ImageDataset(**open_tfrecords(argument, max_pixels))
     elif colon and kind in ("idx", "folder", "npz") and argument:
         path = Path(argument).expanduser()
         if not path.exists():
@@ -203,7 +214,7 @@ def load_dataset(
         if kind == "idx":
             dataset = _load_idx(path, path.name)
         elif kind == "folder":
-            dataset = _load_folder(path)
+            dataset = _load_folder(path, max_pixels)
         else:
             dataset = _load_npz(path)
     else:
@@ -217,8 +228,8 @@ def load_dataset(
     return dataset
 
 
-def _load_folder(path: Path) -> ImageDataset:
-    found = scan_image_folder(path)
+def _load_folder(path: Path, max_pixels: int) -> ImageDataset:
+    found = scan_image_folder(path, max_pixels)
     sizes = np.unique(found.sizes, axis=0)
     native = tuple(int(side) for side in sizes[0]) if len(sizes) == 1 else None
     source = f"folder:{path}"
@@ -227,7 +238,7 @@ def _load_folder(path: Path) -> ImageDataset:
         found.labels,
         path.stem,
         source,
-        FileReader(list(found.paths)),
+        FileReader(list(found.paths), max_pixels),
         3,
         native,
         default_image_size(native, source),

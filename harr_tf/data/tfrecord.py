@@ -32,6 +32,7 @@ import tensorflow as tf
 from tqdm import tqdm
 
 from harr_tf.data.folder import MAX_IMAGE_PIXELS, FolderFiles, scan_image_folder
+from harr_tf.data.image_header import decode_within_budget
 from harr_tf.data.readers import DamagedItems, FileReader, SequentialReader, map_skipping_damaged
 
 logger = logging.getLogger(__name__)
@@ -58,13 +59,10 @@ def _encoded(example: tf.Tensor) -> tf.Tensor:
     return tf.io.parse_single_example(example, spec)["image/encoded"]
 
 
-def _decode(encoded: tf.Tensor) -> tf.Tensor:
-    image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
-    return tf.ensure_shape(image, (None, None, 3))
-
-
 def open_tfrecords(pattern: str, max_pixels: int = MAX_IMAGE_PIXELS) -> dict:
-    """The TFRecord files matching `pattern` as `ImageDataset` fields.
+    """The TFRecord files matching `pattern` as `ImageDataset` fields. Records declaring
+    more than `max_pixels` are skipped unread; a record whose image holds more than its
+    declared size is refused from its header when decoded (a damaged item).
 
     Raises:
         ValueError: no file matches, a record lacks a required key, labels are on
@@ -109,7 +107,9 @@ def open_tfrecords(pattern: str, max_pixels: int = MAX_IMAGE_PIXELS) -> dict:
         "name": Path(files[0]).stem.split("-")[0],
         "source": f"tfrecord:{pattern}",
         "reader": SequentialReader(
-            lambda: tf.data.TFRecordDataset(files).map(_encoded), _decode, kept.astype(np.int64)
+            lambda: tf.data.TFRecordDataset(files).map(_encoded),
+            lambda encoded: decode_within_budget(encoded, 3, max_pixels),
+            kept.astype(np.int64),
         ),
         "channels": 3,
         "native_size": native,
@@ -151,14 +151,21 @@ def _labels(meta: dict, kept: np.ndarray, pattern: str):
     return labels, class_names
 
 
-def convert(source: Path, out: str, shards: int | None = None, seed: int = 0) -> list[str]:
+def convert(
+    source: Path,
+    out: str,
+    shards: int | None = None,
+    seed: int = 0,
+    max_pixels: int = MAX_IMAGE_PIXELS,
+) -> list[str]:
     """Writes the readable images of folder `source` as TFRecord files; returns their paths.
-    Each image is decoded once first: damaged ones are left out and named.
+    Each image is decoded once first: damaged ones and those over `max_pixels` are left
+    out and named.
 
     `out` holds one `*`, replaced by `00000-of-0000N` per shard (without a `*`: one file).
     """
-    found = scan_image_folder(source)
-    damaged = find_damaged(found, f"folder:{source}")
+    found = scan_image_folder(source, max_pixels)
+    damaged = find_damaged(found, f"folder:{source}", max_pixels)
     damaged.report()
     kept = np.setdiff1d(np.arange(len(found.ids)), sorted(damaged.items))
     if not len(kept):
@@ -189,10 +196,10 @@ def convert(source: Path, out: str, shards: int | None = None, seed: int = 0) ->
     return names
 
 
-def find_damaged(found: FolderFiles, source: str) -> DamagedItems:
+def find_damaged(found: FolderFiles, source: str, max_pixels: int) -> DamagedItems:
     """The files among `found` that TensorFlow cannot decode (their headers passed the
     scan, their data is corrupt), each decoded once, in parallel, as training would."""
-    reader = FileReader(list(found.paths))
+    reader = FileReader(list(found.paths), max_pixels)
     items = np.arange(len(found.ids))
     damaged = DamagedItems(found.ids, source)
     stream = tf.data.Dataset.zip(reader.raw(items), tf.data.Dataset.from_tensor_slices(items))
@@ -226,16 +233,24 @@ def main(argv: list[str] | None = None) -> int:
     )
     command.add_argument("--shards", type=int, help="number of files (default: ~256 MB each)")
     command.add_argument("--seed", type=int, default=0, help="seed of the records' order")
+    command.add_argument(
+        "--max-pixels",
+        type=int,
+        default=MAX_IMAGE_PIXELS,
+        help="leave out images whose header declares more pixels (default: %(default)s)",
+    )
     args = parser.parse_args(argv)
-    if args.shards is not None and args.shards < 1:
-        parser.error(f"--shards must be >= 1. Received: {args.shards}")
+    for name in ("shards", "max_pixels"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            flag = "--" + name.replace("_", "-")
+            parser.error(f"{flag} must be >= 1. Received: {getattr(args, name)}")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     source = Path(args.input).expanduser()
     if not source.exists():
         print(f"error: --input {source}: no such file or folder", file=sys.stderr)
         return 1
     try:
-        names = convert(source, args.out, args.shards, args.seed)
+        names = convert(source, args.out, args.shards, args.seed, args.max_pixels)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

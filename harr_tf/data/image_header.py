@@ -1,11 +1,11 @@
-"""A pixel budget checked from an image's header before any pixel is decoded.
+"""Images decoded within a pixel budget checked from their header, before any pixel.
 
 A few kilobytes of PNG can declare 8,000 × 8,000 pixels: decoding them takes 192 MB and
-resizing them in float32 0.8 GB more (a decompression bomb). Training skips images over
-`harr_tf.data.folder.MAX_IMAGE_PIXELS`; every decoder on the serving side refuses them
-too: the serving graph, with TensorFlow ops, so that TF Serving enforces the budget
-(`budget_check`); the search page and `serving.encode`, with PIL's lazy header read
-(`check_pixels`).
+resizing them in float32 0.8 GB more (a decompression bomb). Every decoder refuses them:
+`decode_within_budget`, the one decode of encoded bytes shared by the training readers
+and the serving graph, with TensorFlow ops (so that TF Serving enforces the budget too,
+and a TFRecord whose declared size understates its image is caught); the search page and
+`serving.encode`, with PIL's lazy header read (`check_pixels`).
 """
 
 from __future__ import annotations
@@ -16,9 +16,6 @@ import warnings
 import tensorflow as tf
 from PIL import Image, UnidentifiedImageError
 
-from harr_tf.data.folder import MAX_IMAGE_PIXELS
-
-DEFAULT_MAX_PIXELS = MAX_IMAGE_PIXELS
 _PNG = b"\x89PNG\r\n\x1a\n"
 # A GIF's blocks are walked in loop steps (a run of full data sub-blocks in one); a GIF
 # needing more steps is refused.
@@ -70,6 +67,24 @@ def budget_check(contents: tf.Tensor, max_pixels: int) -> tf.Operation:
         frames >= 0, [f"The GIF holds more than {_GIF_MAX_BLOCKS} blocks; refused unread."]
     )
     return tf.group(readable, tf.debugging.Assert(pixels <= max_pixels, [message]))
+
+
+def decode_within_budget(contents: tf.Tensor, channels: int, max_pixels: int) -> tf.Tensor:
+    """Encoded JPEG/PNG/BMP/GIF/WebP bytes → uint8 (H, W, `channels`) at their native
+    size, refused (INVALID_ARGUMENT) before decoding when the header declares more than
+    `max_pixels`. Three channels as RGB; one channel as grey, which BMP, GIF and WebP
+    decoders cannot produce themselves."""
+    with tf.control_dependencies([budget_check(contents, max_pixels)]):
+        if channels == 3:
+            image = tf.io.decode_image(contents, channels=3, expand_animations=False)
+        else:
+            native = tf.io.decode_image(contents, expand_animations=False)
+            image = tf.cond(
+                tf.shape(native)[-1] >= 3,
+                lambda: tf.image.rgb_to_grayscale(native[..., :3]),
+                lambda: native[..., :1],
+            )
+    return tf.ensure_shape(image, (None, None, channels))
 
 
 def declared_size(contents: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:

@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from serving.pixel_budget import TooManyPixels, budget_check, check_pixels, declared_size
+from harr_tf.data.image_header import TooManyPixels, budget_check, check_pixels, declared_size
 
 BYTES = tf.TensorSpec([], tf.string)
 
