@@ -20,8 +20,9 @@ import faiss
 import numpy as np
 from tqdm import tqdm
 
+from harr_tf.index_checks import check_build, check_ids, check_packed, search_overrides
 from harr_tf.index_file import read_index_file, write_index_file
-from harr_tf.index_kinds import KIND_OPTIONS, check_kind, new_faiss_index, search_option_holder
+from harr_tf.index_kinds import check_kind, new_faiss_index, search_option_holder
 from harr_tf.locks import exclusive
 
 _ADD_CHUNK = 65536
@@ -78,12 +79,7 @@ class HammingIndex:
                 `nflip` (1).
         """
         check_kind(kind)
-        packed = _check_packed(packed, "packed")
-        if len(packed) != len(ids):
-            raise ValueError(f"{len(packed)} codes but {len(ids)} ids: expected one id per code.")
-        if len(packed) == 0:
-            raise ValueError("Cannot build an index of zero codes.")
-        _check_ids(ids)
+        packed = check_build(packed, ids)
         index = new_faiss_index(kind, packed, seed, **options)
         _add_chunks(index, packed, progress)
         return cls(index, ids, kind)
@@ -122,13 +118,7 @@ class HammingIndex:
         `nflip` (multihash) override the saved search option, for this search only.
         """
         queries = self.check_queries(packed_queries)
-        if k < 1:
-            raise ValueError(f"`k` must be a positive integer. Received: k={k}")
-        given = {"nprobe": nprobe, "ef_search": ef_search, "nflip": nflip}
-        given = {name: value for name, value in given.items() if value is not None}
-        wrong = [name for name in given if name not in KIND_OPTIONS[self.kind]]
-        if wrong:
-            raise ValueError(f"`{wrong[0]}` does not apply to a {self.kind!r} index.")
+        given = search_overrides(self.kind, k, nprobe=nprobe, ef_search=ef_search, nflip=nflip)
         saved = self.search_option
         try:
             for value in given.values():
@@ -158,7 +148,7 @@ class HammingIndex:
 
     def check_queries(self, packed_queries: np.ndarray) -> np.ndarray:
         """`packed_queries` as contiguous uint8, or an error if their length differs."""
-        queries = _check_packed(packed_queries, "packed_queries")
+        queries = check_packed(packed_queries, "packed_queries")
         if queries.shape[1] * 8 != self.bits:
             raise ValueError(
                 f"Codes of {queries.shape[1] * 8} bits but the index holds {self.bits}-bit "
@@ -181,9 +171,7 @@ class HammingIndex:
     def add(self, packed: np.ndarray, ids: Sequence[str]) -> None:
         """Appends codes under new `ids`; refuses ids already indexed, changing nothing."""
         packed = self.check_queries(packed)
-        if len(packed) != len(ids):
-            raise ValueError(f"{len(packed)} codes but {len(ids)} ids: expected one id per code.")
-        _check_ids(ids)
+        check_ids(packed, ids)
         present = set(self.ids).intersection(ids)
         if present:
             raise ValueError(
@@ -247,23 +235,6 @@ class HammingIndex:
             index = cls.load(path)
             yield index
             index.save(path, locked=True)
-
-
-def _check_ids(ids: Sequence[str]) -> None:
-    if len(set(ids)) != len(ids):
-        seen: set[str] = set()
-        repeated = sorted({item for item in ids if item in seen or seen.add(item)})
-        raise ValueError(f"Ids must be unique; repeated: {repeated[:5]}")
-
-
-def _check_packed(packed: np.ndarray, name: str) -> np.ndarray:
-    packed = np.asarray(packed)
-    if packed.dtype != np.uint8 or packed.ndim != 2 or packed.shape[1] == 0:
-        raise ValueError(
-            f"`{name}` must be packed codes, uint8 of shape (n, bits/8). "
-            f"Received: dtype={packed.dtype}, shape={packed.shape}"
-        )
-    return np.ascontiguousarray(packed)
 
 
 def _add_chunks(index: faiss.IndexBinary, packed: np.ndarray, progress: bool) -> None:

@@ -24,7 +24,8 @@ import psycopg
 
 from harr_tf import postgres_rows as rows_sql
 from harr_tf import postgres_table as tables
-from harr_tf.index import HammingIndex, _check_ids, _check_packed
+from harr_tf.index import HammingIndex
+from harr_tf.index_checks import check_build, check_ids, search_overrides
 from harr_tf.index_kinds import KIND_OPTIONS
 from harr_tf.postgres_location import TableLocation, connect, is_database_uri, one_line, redacted
 from harr_tf.postgres_table import TableInfo
@@ -98,12 +99,7 @@ class PostgresIndex:
                 f"`kind` must be one of {POSTGRES_KINDS} for a PostgreSQL index. "
                 f"Received: kind={kind!r}"
             )
-        packed = _check_packed(packed, "packed")
-        if len(packed) != len(ids):
-            raise ValueError(f"{len(packed)} codes but {len(ids)} ids: expected one id per code.")
-        if len(packed) == 0:
-            raise ValueError("Cannot build an index of zero codes.")
-        _check_ids(ids)
+        packed = check_build(packed, ids)
         rows = _Rows(packed, list(ids), tables.checked_metadata(metadata, len(ids)), continuous)
         info = TableInfo(
             packed.shape[1] * 8,
@@ -207,13 +203,7 @@ class PostgresIndex:
         """As `HammingIndex.search`, plus `filters` {column: value}: only rows whose
         metadata equal every value are ranked (rows are padded with position -1)."""
         queries = self.check_queries(packed_queries)
-        if k < 1:
-            raise ValueError(f"`k` must be a positive integer. Received: k={k}")
-        given = {"nprobe": nprobe, "ef_search": ef_search, "nflip": nflip}
-        given = {name: value for name, value in given.items() if value is not None}
-        wrong = [name for name in given if name not in KIND_OPTIONS[self.kind]]
-        if wrong:
-            raise ValueError(f"`{wrong[0]}` does not apply to a {self.kind!r} index.")
+        given = search_overrides(self.kind, k, nprobe=nprobe, ef_search=ef_search, nflip=nflip)
         filters = dict(filters or {})
         unknown = [name for name in filters if name not in self.metadata_columns]
         if unknown:
@@ -267,9 +257,7 @@ class PostgresIndex:
         """Appends codes under new `ids` in one transaction; refuses ids already in the
         table (by this or any other writer), changing nothing."""
         packed = self.check_queries(packed)
-        if len(packed) != len(ids):
-            raise ValueError(f"{len(packed)} codes but {len(ids)} ids: expected one id per code.")
-        _check_ids(ids)
+        check_ids(packed, ids)
         metadata = tables.checked_metadata(metadata, len(ids))
         extra = [name for name in metadata if name not in self.metadata_columns]
         if extra:
