@@ -1,11 +1,10 @@
 """The codes file `serving.encode` writes, and the checkpoint beside it while it runs.
 
-`codes.npz` holds `ids` (n,) str, `codes` (n, bits) int8 in {−1, +1}, `packed`
-(n, bits / 8) uint8, `failed_ids` / `failed_reasons` (the items the server could not
-decode), and `model`, `model_version`, `signature`. While a run goes on, every few
-seconds the codes received so far go to a new `codes.npz.parts/part-N.npz`; at the end
-all of it is merged into `codes.npz`, and the parts are removed. Every file is written
-to a temporary name, synced and renamed, so a crash leaves whole files only.
+`codes.npz` is a codes file (`harr_tf.codes`: `ids`, `codes`, `packed`) with
+`failed_ids` / `failed_reasons` (the items the server could not decode), and `model`,
+`model_version`, `signature`. While a run goes on, every few seconds the codes received
+so far go to a new `codes.npz.parts/part-N.npz`; at the end all of it is merged into
+`codes.npz`, and the parts are removed.
 """
 
 from __future__ import annotations
@@ -13,14 +12,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
-import zipfile
 from pathlib import Path
 
 import numpy as np
 
-from harr_tf.atomic import atomic_path, write_text_atomically
+from harr_tf.atomic import write_text_atomically
+from harr_tf.codes import read_codes_file, write_codes_file
 
-_CODES_KEYS = ("ids", "codes", "packed")
 _META_FILE = "meta.json"
 
 
@@ -47,19 +45,7 @@ class StoredCodes:
 def load_codes_file(path: str | Path) -> StoredCodes:
     """A codes file written by `serving.encode`, or a clear error (naming `path`) when
     its arrays are not ids with their ±1 codes and those codes packed."""
-    path = Path(path)
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            arrays = {key: archive[key] for key in archive.files}
-    except (OSError, ValueError, zipfile.BadZipFile) as err:
-        raise ValueError(f"{path} is not a readable codes file: {err}") from err
-    missing = [key for key in _CODES_KEYS if key not in arrays]
-    if missing:
-        raise ValueError(
-            f"{path} has no {missing} array(s); expected a codes file written by "
-            f"`python -m serving.encode` (keys {list(_CODES_KEYS)})."
-        )
-    _check_codes(path, *(arrays[key] for key in _CODES_KEYS))
+    arrays = read_codes_file(path)
     origin = None
     if "model_version" in arrays:
         origin = CodesOrigin(
@@ -130,7 +116,7 @@ class CodeStore:
         if not ids:
             return
         name = f"part-{self._next_part:06d}.npz"
-        _atomic_savez(self.parts / name, ids=np.array(ids, dtype=str), codes=codes, packed=packed)
+        write_codes_file(self.parts / name, ids, codes, packed)
         self._next_part += 1
 
     def finish(
@@ -145,11 +131,11 @@ class CodeStore:
         row_of = {item: row for row, item in enumerate(encoded.ids.tolist())}
         rows = np.array([row_of[item] for item in order if item in row_of], dtype=np.int64)
         failed = [item for item in order if item in failures]
-        _atomic_savez(
+        write_codes_file(
             self.out,
-            ids=encoded.ids[rows],
-            codes=encoded.codes[rows],
-            packed=encoded.packed[rows],
+            encoded.ids[rows],
+            encoded.codes[rows],
+            encoded.packed[rows],
             failed_ids=np.array(failed, dtype=str),
             failed_reasons=np.array([failures[item] for item in failed], dtype=str),
             model=np.array(origin.model),
@@ -158,39 +144,3 @@ class CodeStore:
         )
         shutil.rmtree(self.parts, ignore_errors=True)
         return len(rows)
-
-
-def _check_codes(path: Path, ids: np.ndarray, codes: np.ndarray, packed: np.ndarray) -> None:
-    arrays = {"ids": ids, "codes": codes, "packed": packed}
-    shapes = ", ".join(f"{name} {a.shape} {a.dtype}" for name, a in arrays.items())
-    if not (
-        ids.ndim == 1
-        and ids.dtype.kind == "U"
-        and codes.ndim == packed.ndim == 2
-        and codes.dtype.kind in "iu"
-        and packed.dtype == np.uint8
-        and len(ids) == len(codes) == len(packed)
-    ):
-        raise ValueError(
-            f"{path}: expected n string ids, (n, bits) integer codes and (n, bits/8) uint8 "
-            f"packed codes. Received: {shapes}"
-        )
-    if packed.shape[1] * 8 != codes.shape[1]:
-        raise ValueError(
-            f"{path}: codes has {codes.shape[1]} columns but packed has {packed.shape[1]} bytes "
-            f"({packed.shape[1] * 8} bits): expected bits/8 bytes per code, bits a multiple of 8."
-        )
-    if not np.isin(codes, (-1, 1)).all():
-        raise ValueError(f"{path}: codes must be -1 or +1; it holds {np.unique(codes)[:5]}")
-    differ = (np.packbits(codes > 0, axis=1) != packed).any(axis=1)
-    if differ.any():
-        raise ValueError(
-            f"{path}: packed is not the codes packed (np.packbits(codes > 0)) in "
-            f"{int(differ.sum())} rows, e.g. {ids[differ][:3].tolist()}"
-        )
-
-
-def _atomic_savez(path: Path, **arrays: np.ndarray) -> None:
-    # A file object, not a path: np.savez would append ".npz" to the temporary name.
-    with atomic_path(path) as temporary, open(temporary, "wb") as file:
-        np.savez(file, **arrays)
