@@ -20,7 +20,6 @@ import json
 import logging
 import re
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING
 
 import grpc
 import numpy as np
@@ -34,10 +33,8 @@ from tensorflow_serving.apis import (
 )
 
 from serving import IMAGES_SIGNATURE
+from serving.handlers import Handlers
 from serving.model_registry import ServingError
-
-if TYPE_CHECKING:
-    from serving.server import Handlers
 
 logger = logging.getLogger(__name__)
 
