@@ -3,8 +3,9 @@
 The same methods, arguments, answers and errors as the FAISS index, so the search command,
 the page and `serving.nearest` take either: `build` then `save(uri)` writes a table whole
 (an existing table of codes is replaced in one transaction), `load(uri)` opens it, and
-`add` / `remove` commit at once, so several writers can share one table. Positions index
-`ids`, the table's ids in insertion order; equal distances rank by it, as FAISS flat's do.
+`add` / `remove` commit at once, so several writers can share one table
+(`harr_tf.postgres_writes`). Positions index `ids`, the table's ids in insertion order;
+equal distances rank by it, as FAISS flat's do.
 Kinds: "flat" (exact scan), "hnsw" and "ivf" (pgvector's indexes, `bit_hamming_ops`).
 Search can also keep only rows whose text metadata columns equal given values.
 
@@ -25,10 +26,11 @@ import psycopg
 from harr_tf import postgres_rows as rows_sql
 from harr_tf import postgres_table as tables
 from harr_tf.index import HammingIndex
-from harr_tf.index_checks import check_build, check_ids, search_overrides
+from harr_tf.index_checks import check_build, search_overrides
 from harr_tf.index_kinds import KIND_OPTIONS
 from harr_tf.postgres_location import TableLocation, connect, is_database_uri, one_line, redacted
 from harr_tf.postgres_table import TableInfo
+from harr_tf.postgres_writes import SharedTableWrites
 
 POSTGRES_KINDS = ("flat", "ivf", "hnsw")
 _MAX_EF_SEARCH = 1000  # pgvector's limit
@@ -53,7 +55,7 @@ class _Rows:
     continuous: np.ndarray | None
 
 
-class PostgresIndex:
+class PostgresIndex(SharedTableWrites):
     """Top-k Hamming search over a table of packed codes, answering with ids (see the module).
 
     Args:
@@ -125,21 +127,6 @@ class PostgresIndex:
                 "written by `python -m serving.search build` or `serving.encode --index`."
             )
         return cls(where, connection, info)
-
-    @classmethod
-    def open_for_writing(cls, location: str, bits: int) -> PostgresIndex:
-        """The table at `location`, created (flat, empty) if missing; refuses another length."""
-        where = TableLocation.parse(location)
-        connection = connect(where)
-        info = tables.open_or_create(connection, where, bits)
-        index = cls(where, connection, info)
-        if info.bits != bits:
-            index.close()
-            raise ValueError(
-                f"{where} holds {info.bits}-bit codes, not {bits}-bit ones: "
-                "encode into another table, or with the model that made them."
-            )
-        return index
 
     @classmethod
     @contextlib.contextmanager
@@ -245,59 +232,6 @@ class PostgresIndex:
                 f"{len(gone)} ids were removed from {self.location} meanwhile, e.g. {gone[:5]}"
             )
         return rows_sql.packed_codes([found[item] for item in wanted], self.bits)
-
-    def add(
-        self,
-        packed: np.ndarray,
-        ids: Sequence[str],
-        *,
-        metadata: Mapping[str, Sequence[str | None]] | None = None,
-        continuous: np.ndarray | None = None,
-    ) -> None:
-        """Appends codes under new `ids` in one transaction; refuses ids already in the
-        table (by this or any other writer), changing nothing."""
-        packed = self.check_queries(packed)
-        check_ids(packed, ids)
-        metadata = tables.checked_metadata(metadata, len(ids))
-        extra = [name for name in metadata if name not in self.metadata_columns]
-        if extra:
-            raise ValueError(
-                f"{self.location} has no metadata column {extra[0]!r}; its "
-                f"columns are {list(self.metadata_columns)} (fixed by `build`)."
-            )
-        with self._lock:
-            rows_sql.add_rows(self._writable, self.location, ids, packed, continuous, metadata)
-        self._ids = None
-
-    def remove(self, ids: Sequence[str]) -> None:
-        """Drops the codes of `ids` in one transaction; refuses ids not in the table."""
-        with self._lock:
-            rows_sql.remove_rows(self._writable, self.location, list(dict.fromkeys(ids)))
-        self._ids = None
-
-    def write(
-        self,
-        ids: Sequence[str],
-        packed: np.ndarray,
-        continuous: np.ndarray | None = None,
-        *,
-        overwrite: bool = False,
-    ) -> int:
-        """Inserts codes, skipping ids already present (replacing them with `overwrite`,
-        in place: they keep their rank among ties). Returns how many rows it wrote."""
-        packed = self.check_queries(packed)
-        with self._lock:
-            written = rows_sql.upsert_rows(
-                self._writable, self.location, ids, packed, continuous, overwrite
-            )
-        self._ids = None
-        return written
-
-    def missing(self, ids: Sequence[str]) -> list[str]:
-        """The ids of `ids` not in the table, in the given order."""
-        with self._lock:
-            present = rows_sql.present_ids(self._writable, self.location, ids)
-        return [item for item in ids if item not in present]
 
     def save(self, path: str | Path, *, wait: bool = False, locked: bool = False) -> None:
         """Writes the index to the table at `path` in one transaction, replacing a table of
