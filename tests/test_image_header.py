@@ -5,6 +5,7 @@ import io
 import struct
 import zlib
 
+import numpy as np
 import pytest
 import tensorflow as tf
 from PIL import Image
@@ -151,3 +152,22 @@ def test_check_pixels_reads_the_header_only():
     with pytest.raises(TooManyPixels, match="7 x 3 pixels, over the limit of 20 pixels"):
         check_pixels(encoded("BMP", 7, 3), 20, "small.bmp")
     check_pixels(encoded("BMP", 7, 3), 21, "small.bmp")
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA"])
+def test_transparent_pixels_decode_over_white(mode):
+    """Line art on a transparent background is a drawing, not a black square."""
+    from harr_tf.data.image_header import decode_within_budget
+
+    pixels = np.zeros((3, 4, len(mode)), np.uint8)  # fully transparent black
+    pixels[0, 0] = [40] * (len(mode) - 1) + [255]  # one opaque dark pixel
+    pixels[1, 2] = [0] * (len(mode) - 1) + [128]  # half-transparent black
+    buffer = io.BytesIO()
+    Image.fromarray(pixels, mode).save(buffer, "PNG")
+    for channels in (3, 1):
+        image = decode_within_budget(tf.constant(buffer.getvalue()), channels, 100).numpy()
+        assert image.shape == (3, 4, channels)
+        assert (image[0, 0] == 40).all() and (image[1, 2] == 127).all()
+        others = np.ones((3, 4), bool)
+        others[0, 0] = others[1, 2] = False
+        assert (image[others] == 255).all()
