@@ -17,8 +17,7 @@ import dataclasses
 import numpy as np
 from tqdm import tqdm
 
-from harr_tf.config import ModelConfig, TrainConfig, WTAConfig
-from harr_tf.features import FEATURE_SOURCES
+from harr_tf.config import FEATURE_SOURCES, ModelConfig, TrainConfig, WTAConfig
 from harr_tf.run_data import build_wta_structure, load_run_data
 from harr_tf.wta import batch_similarity
 

@@ -13,19 +13,12 @@ import os
 
 import keras
 
+from harr_tf.config import validate_pooling
 from harr_tf.efficientnet_lite import efficientnet_lite_backbone
 from harr_tf.offline_weights import OFFLINE_WEIGHTS
 
 BACKBONES = ("small_cnn", "vgg16", "resnet50", "efficientnetb0", "efficientnet_lite0")
 PRETRAINED_INPUT_SIZE = 224
-
-
-POOLINGS = ("grid", "global")
-
-
-def validate_pooling(pooling: str) -> None:
-    if pooling not in POOLINGS:
-        raise ValueError(f"Unknown pooling. Expected one of {POOLINGS}. Received: {pooling!r}")
 
 
 def small_cnn(

@@ -2,6 +2,9 @@
 
 `train.py` maps flags and an optional YAML file onto these; nothing reads
 module-level globals. `to_dict`/`from_dict` give the resolved config saved with a run.
+The module imports no TensorFlow or Keras: the names a config is checked against
+(poolings, feature sources, code lengths, the pixel budget) are defined here, and the
+modules that build from them import them from here.
 """
 
 from __future__ import annotations
@@ -13,11 +16,35 @@ from typing import Any
 
 import yaml
 
-from harr_tf.backbones import validate_pooling
-from harr_tf.data.augment import AugmentConfig
-from harr_tf.data.folder import MAX_IMAGE_PIXELS
-from harr_tf.features import validate_feature_source
-from harr_tf.layers import validate_bits
+POOLINGS = ("grid", "global")
+PIXEL_SOURCES = ("sqrt_smoothed_pixels", "smoothed_pixels", "pixels")
+FEATURE_SOURCES = (*PIXEL_SOURCES, "backbone")  # and "file:PATH"
+# Larger images are skipped unread: decoding one (20,990 x 29,700 px) takes 1.9 GB.
+MAX_IMAGE_PIXELS = 40_000_000
+
+
+def validate_pooling(pooling: str) -> None:
+    if pooling not in POOLINGS:
+        raise ValueError(f"Unknown pooling. Expected one of {POOLINGS}. Received: {pooling!r}")
+
+
+def validate_feature_source(source: str) -> None:
+    if source in FEATURE_SOURCES or (source.startswith("file:") and len(source) > 5):
+        return
+    raise ValueError(
+        f"Unknown WTA feature source {source!r}. Expected one of {FEATURE_SOURCES} "
+        "or file:FEATURES.npz."
+    )
+
+
+def validate_bits(bits: Any) -> int:
+    """`bits` when it is a code length the project can pack to bytes, else a clear error."""
+    if isinstance(bits, bool) or not isinstance(bits, int) or bits < 8 or bits % 8:
+        raise ValueError(
+            "`bits` must be a positive multiple of 8 (codes are packed to bytes). "
+            f"Received: bits={bits!r}"
+        )
+    return bits
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,7 +52,7 @@ class WTAConfig:
     """The similarity structure: P permutations of window K over a feature source,
     positive fraction ρ."""
 
-    features: str = "sqrt_smoothed_pixels"  # one of harr_tf.features.FEATURE_SOURCES
+    features: str = "sqrt_smoothed_pixels"  # one of FEATURE_SOURCES
     num_permutations: int = 512
     window: int = 4
     positive_fraction: float = 0.05
@@ -111,6 +138,69 @@ def default_student(backbone: str) -> str:
     """small_cnn trains whole; a pretrained backbone stays frozen, since fine-tuning it
     costs a CPU about a hundred times more per step (docs/experiments.md)."""
     return "fine_tuned" if backbone == "small_cnn" else "frozen"
+
+
+@dataclasses.dataclass(frozen=True)
+class AugmentConfig:
+    """Augmentation strengths, in torchvision's and the authors' meaning (DESIGN §2.3).
+
+    `color_jitter` is torchvision's `ColorJitter(brightness, contrast, saturation, hue)`:
+    factors uniform in [1 − s, 1 + s], hue shift uniform in [−h, h].
+    `blur_sigma` is σ's range in pixels at 224 px, scaled to the image size; the kernel
+    spans about 10 % of the image. `randaugment_magnitude` is out of the authors' maximum
+    level of 10; `randaugment_cutout` ends view B with their 16-px (at 224 px) gray square.
+    `min_crop_pixels` scales crops to small images: the smallest crop keeps at least
+    this many pixels on a side, so a 28×28 image is never cut to 8×8.
+    `weak_crop_scale` (view W, the view L_sim and L_q see) keeps at least 60 % of the
+    image, closer to the whole images its WTA targets were computed on (the authors: 8 %);
+    together with the default teacher and pooling it was measured best (README).
+    """
+
+    strong_crop_scale: tuple[float, float] = (0.08, 1.0)
+    weak_crop_scale: tuple[float, float] = (0.6, 1.0)
+    aspect_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    min_crop_pixels: int = 16
+    flip: bool = True
+    color_jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.4, 0.1)
+    color_jitter_probability: float = 0.8
+    grayscale_probability: float = 0.2
+    blur_probability: float = 0.5
+    blur_sigma: tuple[float, float] = (0.1, 2.0)
+    randaugment_ops: int = 2
+    randaugment_magnitude: float = 10.0
+    randaugment_probability: float = 0.5
+    randaugment_cutout: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("strong_crop_scale", "weak_crop_scale"):
+            low, high = getattr(self, name)
+            if not 0.0 < low <= high <= 1.0:
+                raise ValueError(
+                    f"`{name}` must satisfy 0 < low <= high <= 1. Received: {name}={(low, high)}"
+                )
+        for name in (
+            "color_jitter_probability",
+            "grayscale_probability",
+            "blur_probability",
+            "randaugment_probability",
+        ):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"`{name}` must be in [0, 1]. Received: {name}={value}")
+        *factors, hue = self.color_jitter
+        if not all(0.0 <= f <= 1.0 for f in factors) or not 0.0 <= hue <= 0.5:
+            raise ValueError(
+                "`color_jitter` must be (brightness, contrast, saturation) in [0, 1] and "
+                f"hue in [0, 0.5]. Received: color_jitter={self.color_jitter}"
+            )
+        low, high = self.blur_sigma
+        if not 0.0 < low <= high:
+            raise ValueError(f"`blur_sigma` must satisfy 0 < low <= high. Received: {low, high}")
+        if not 0.0 <= self.randaugment_magnitude <= 10.0:
+            raise ValueError(
+                "`randaugment_magnitude` must be in [0, 10]. "
+                f"Received: randaugment_magnitude={self.randaugment_magnitude}"
+            )
 
 
 # The contrastive loss needs several negatives per image in each batch.
@@ -254,11 +344,11 @@ def from_dict(cls: type, values: dict) -> Any:
 def read_settings_file(path: str, flag: str = "--config") -> dict:
     """The mapping of settings in a YAML file (a run's config.yaml, best.yaml, ...).
 
-    Raises SystemExit naming `flag` and the file when it is missing or not a mapping:
-    this is user input to a command line.
+    Raises ValueError naming `flag` and the file when it is missing, unreadable or not a
+    mapping; a command turns it into its one-line exit.
     """
     if not os.path.isfile(path):
-        raise SystemExit(f"{flag}: no such file. Received: {path}")
+        raise ValueError(f"{flag}: no such file. Received: {path}")
     try:
         with open(path) as f:
             values = yaml.safe_load(f) or {}
@@ -266,9 +356,9 @@ def read_settings_file(path: str, flag: str = "--config") -> dict:
         where = getattr(error, "problem_mark", None)
         line = f" (line {where.line + 1}, column {where.column + 1})" if where else ""
         problem = getattr(error, "problem", None) or "not valid YAML"
-        raise SystemExit(f"{flag} {path} is not valid YAML{line}: {problem}.") from None
+        raise ValueError(f"{flag} {path} is not valid YAML{line}: {problem}.") from None
     except (OSError, UnicodeDecodeError) as error:
-        raise SystemExit(f"{flag} {path} cannot be read: {error}.") from None
+        raise ValueError(f"{flag} {path} cannot be read: {error}.") from None
     if not isinstance(values, dict):
-        raise SystemExit(f"{flag} {path} must hold a mapping of settings.")
+        raise ValueError(f"{flag} {path} must hold a mapping of settings.")
     return values

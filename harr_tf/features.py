@@ -28,6 +28,7 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
+from harr_tf.config import PIXEL_SOURCES, validate_feature_source
 from harr_tf.data.feature_file import read_feature_file
 from harr_tf.data.image_size import inference_batch_size
 from harr_tf.memory_budget import HalvingBatches, network_name
@@ -37,9 +38,6 @@ from harr_tf.wta import encode_wta, make_permutation_table
 _BLUR_KERNEL = np.array([1.0, 4.0, 6.0, 4.0, 1.0], dtype=np.float32) / 16.0
 _EPSILON = 1e-3
 _BATCH = 256
-
-PIXEL_SOURCES = ("sqrt_smoothed_pixels", "smoothed_pixels", "pixels")
-FEATURE_SOURCES = (*PIXEL_SOURCES, "backbone")  # and "file:PATH"
 
 
 def pixel_features(images: np.ndarray) -> np.ndarray:
@@ -102,15 +100,6 @@ def _blur(images: np.ndarray) -> np.ndarray:
     return images
 
 
-def validate_feature_source(source: str) -> None:
-    if source in FEATURE_SOURCES or (source.startswith("file:") and len(source) > 5):
-        return
-    raise ValueError(
-        f"Unknown WTA feature source {source!r}. Expected one of {FEATURE_SOURCES} "
-        "or file:FEATURES.npz."
-    )
-
-
 def wta_codes(
     dataset,
     indices: np.ndarray,
@@ -130,7 +119,7 @@ def wta_codes(
     Args:
         dataset: an `ImageDataset`.
         indices: the items, ascending.
-        source: one of `FEATURE_SOURCES`, or "file:PATH".
+        source: one of `harr_tf.config.FEATURE_SOURCES`, or "file:PATH".
         num_permutations, window: P and K.
         seed: seed of the permutation table.
         network: for "backbone", the model mapping pixels to (batch, d) features.

@@ -7,15 +7,7 @@ from typing import Any
 import keras
 from keras import ops
 
-
-def validate_bits(bits: Any) -> int:
-    """`bits` when it is a code length the project can pack to bytes, else a clear error."""
-    if isinstance(bits, bool) or not isinstance(bits, int) or bits < 8 or bits % 8:
-        raise ValueError(
-            "`bits` must be a positive multiple of 8 (codes are packed to bytes). "
-            f"Received: bits={bits!r}"
-        )
-    return bits
+from harr_tf.config import validate_bits
 
 
 @keras.saving.register_keras_serializable(package="harr_tf")

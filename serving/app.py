@@ -33,7 +33,7 @@ from werkzeug.routing import PathConverter
 from werkzeug.security import safe_join
 from werkzeug.serving import make_server
 
-from harr_tf.data.folder import MAX_IMAGE_PIXELS
+from harr_tf.config import MAX_IMAGE_PIXELS
 from harr_tf.data.image_header import TooManyPixels, check_pixels
 from harr_tf.index import HammingIndex
 from harr_tf.postgres_index import open_index

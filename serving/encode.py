@@ -24,7 +24,7 @@ from collections.abc import Iterator
 import numpy as np
 from tqdm import tqdm
 
-from harr_tf.data.folder import MAX_IMAGE_PIXELS
+from harr_tf.config import MAX_IMAGE_PIXELS
 from harr_tf.data.image_header import TooManyPixels, check_pixels
 from serving.cli import add_endpoint_arguments, add_retry_arguments, add_verbose_argument, positive
 from serving.client import RequestFailed, ServingClient, map_concurrently

@@ -13,7 +13,8 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from harr_tf.data.folder import MAX_IMAGE_PIXELS, resize_square
+from harr_tf.config import MAX_IMAGE_PIXELS
+from harr_tf.data.folder import resize_square
 from harr_tf.data.image_header import decode_within_budget
 from harr_tf.layers import sign_codes
 from serving import IMAGES_INPUT, IMAGES_SIGNATURE, PIXELS_INPUT, PIXELS_SIGNATURE

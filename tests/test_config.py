@@ -33,7 +33,7 @@ def test_the_smallest_accepted_batch_trains_against_several_negatives():
 def test_a_settings_file_that_is_not_yaml_is_one_line(tmp_path):
     path = tmp_path / "broken.yaml"
     path.write_text("model: {width: 8\nseed: [1, 2\n")
-    with pytest.raises(SystemExit) as error:
+    with pytest.raises(ValueError) as error:
         read_settings_file(str(path), "--config")
     message = str(error.value)
     assert message.startswith(f"--config {path} is not valid YAML (line ")
@@ -43,5 +43,5 @@ def test_a_settings_file_that_is_not_yaml_is_one_line(tmp_path):
 def test_a_settings_file_that_is_not_a_mapping_is_refused(tmp_path):
     path = tmp_path / "list.yaml"
     path.write_text("- 1\n- 2\n")
-    with pytest.raises(SystemExit, match="must hold a mapping"):
+    with pytest.raises(ValueError, match="must hold a mapping"):
         read_settings_file(str(path), "--config")

@@ -198,8 +198,8 @@ def search_configs(args: argparse.Namespace) -> tuple:
     file's `search_space:` section."""
     from harr_tf.config import TrainConfig, from_dict
 
-    values, space = read_config(args.config)
     try:
+        values, space = read_config(args.config)
         config = from_dict(TrainConfig, values)
         config = dataclasses.replace(
             config, dataset=args.dataset or config.dataset, bits=(args.bits,), seed=args.seed

@@ -19,12 +19,12 @@ import tensorflow as tf
 from PIL import Image
 from tqdm import tqdm
 
+from harr_tf.config import MAX_IMAGE_PIXELS
+
 logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 DEFAULT_IMAGE_SIZE = 224
-# Larger images are skipped unread: decoding one (20,990 x 29,700 px) takes 1.9 GB.
-MAX_IMAGE_PIXELS = 40_000_000
 _FORMATS = {"JPEG", "PNG", "BMP", "GIF", "WEBP", "MPO"}
 # What a complete file ends with: a truncated download fails here, not mid-training.
 _TRAILERS = {"JPEG": b"\xff\xd9", "MPO": b"\xff\xd9", "PNG": b"IEND\xaeB`\x82", "GIF": b";"}

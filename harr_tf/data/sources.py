@@ -21,9 +21,9 @@ import numpy as np
 import tensorflow as tf
 from tensorflow_datasets.core.registered import DatasetNotFoundError
 
+from harr_tf.config import MAX_IMAGE_PIXELS
 from harr_tf.data.folder import (
     DEFAULT_IMAGE_SIZE,
-    MAX_IMAGE_PIXELS,
     resize_square,
     scan_image_folder,
 )

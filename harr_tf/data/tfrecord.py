@@ -31,7 +31,8 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
-from harr_tf.data.folder import MAX_IMAGE_PIXELS, FolderFiles, scan_image_folder
+from harr_tf.config import MAX_IMAGE_PIXELS
+from harr_tf.data.folder import FolderFiles, scan_image_folder
 from harr_tf.data.image_header import decode_within_budget
 from harr_tf.data.readers import DamagedItems, FileReader, SequentialReader, map_skipping_damaged
 
