@@ -3,50 +3,27 @@
 It speaks only the public API of `tensorflow-serving-api` (`PredictionServiceStub`,
 `GetModelMetadata`, `tf.make_tensor_proto` / `tf.make_ndarray`), so it cannot tell the two
 servers apart. Transient failures (UNAVAILABLE: the server restarting; DEADLINE_EXCEEDED:
-a slow answer) are retried with capped exponential backoff. A batch the server rejects with
-INVALID_ARGUMENT is split in halves until the images at fault are alone: one bad file costs
-a few extra requests and never the rest of its batch.
+a slow answer) are retried with capped exponential backoff (`serving.retrying_calls`). A
+batch the server rejects with INVALID_ARGUMENT is split in halves until the images at fault
+are alone: one bad file costs a few extra requests and never the rest of its batch.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import logging
-import random
-import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent import futures
 
 import grpc
 import numpy as np
 import tensorflow as tf
-from tensorflow_serving.apis import get_model_metadata_pb2, predict_pb2, prediction_service_pb2_grpc
+from tensorflow_serving.apis import get_model_metadata_pb2, predict_pb2
 
 from serving import IMAGES_SIGNATURE
+from serving.retrying_calls import RequestFailed, RetryingStub
 
-logger = logging.getLogger(__name__)
-
-RETRYABLE_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
 CODE_OUTPUTS = ("codes", "packed")
 CONTINUOUS_OUTPUT = "continuous"
-# Images of several MB in batches of 64 exceed gRPC's 4 MB default; reconnect quickly
-# after a server restart instead of gRPC's default backoff of up to 120 s.
-CHANNEL_OPTIONS = (
-    ("grpc.max_send_message_length", -1),
-    ("grpc.max_receive_message_length", -1),
-    ("grpc.initial_reconnect_backoff_ms", 200),
-    ("grpc.min_reconnect_backoff_ms", 200),
-    ("grpc.max_reconnect_backoff_ms", 2000),
-)
-_MAX_BACKOFF_SECONDS = 10.0
-
-
-class RequestFailed(Exception):
-    """A request the server refused, or that still failed after every retry."""
-
-    def __init__(self, code: grpc.StatusCode, details: str, what: str) -> None:
-        super().__init__(f"{what}: {code.name}: {details}")
-        self.code, self.details = code, details
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,16 +83,8 @@ class ServingClient:
         retries: int = 8,
         backoff: float = 0.5,
     ) -> None:
-        if deadline <= 0 or retries < 0 or backoff < 0:
-            raise ValueError(
-                "`deadline` must be > 0, `retries` and `backoff` >= 0. "
-                f"Received: deadline={deadline}, retries={retries}, backoff={backoff}"
-            )
+        self._calls = RetryingStub(server, deadline=deadline, retries=retries, backoff=backoff)
         self.server, self.model, self.signature, self.version = server, model, signature, version
-        self.deadline, self.retries, self.backoff = deadline, retries, backoff
-        self._channel = grpc.insecure_channel(server, options=CHANNEL_OPTIONS)
-        self._stub = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
-        self._closed = threading.Event()
         self._info: SignatureInfo | None = None
 
     def describe(self) -> SignatureInfo:
@@ -127,7 +96,7 @@ class ServingClient:
         """
         request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
         self._fill_model_spec(request.model_spec)
-        response = self._call("GetModelMetadata", request)
+        response = self._calls.call("GetModelMetadata", request, self._what("GetModelMetadata"))
         signatures = get_model_metadata_pb2.SignatureDefMap()
         response.metadata["signature_def"].Unpack(signatures)
         if self.signature not in signatures.signature_def:
@@ -204,8 +173,7 @@ class ServingClient:
 
     def close(self) -> None:
         """Cancels requests in flight and stops retries; the client is unusable after."""
-        self._closed.set()
-        self._channel.close()
+        self._calls.close()
 
     def __enter__(self) -> ServingClient:
         return self
@@ -222,7 +190,7 @@ class ServingClient:
         request.inputs[self._info.input_name].CopyFrom(
             tf.make_tensor_proto(np.array(images, dtype=object), dtype=tf.string)
         )
-        response = self._call("Predict", request)
+        response = self._calls.call("Predict", request, self._what("Predict"))
         outputs = [tf.make_ndarray(response.outputs[name]) for name in names]
         if any(len(output) != len(images) for output in outputs):
             raise RequestFailed(
@@ -261,32 +229,6 @@ class ServingClient:
     def _what(self, method: str) -> str:
         version = "latest" if self.version is None else self.version
         return f"{method} on {self.server} (model {self.model!r}, version {version})"
-
-    def _call(self, method: str, request):
-        """The stub's `method` on `request` with the deadline, retried on transient failures."""
-        attempt = 0
-        while True:
-            try:
-                return getattr(self._stub, method)(request, timeout=self.deadline)
-            except grpc.RpcError as error:
-                code, details = error.code(), error.details()
-            if self._closed.is_set():
-                raise RequestFailed(grpc.StatusCode.CANCELLED, "client closed", self._what(method))
-            if code not in RETRYABLE_CODES or attempt == self.retries:
-                suffix = f" (after {attempt} retries)" if attempt else ""
-                raise RequestFailed(code, f"{details}{suffix}", self._what(method))
-            delay = min(_MAX_BACKOFF_SECONDS, self.backoff * 2**attempt) * random.uniform(0.5, 1)
-            attempt += 1
-            logger.warning(
-                "%s: %s; retry %d of %d in %.1f s",
-                self.server,
-                code.name,
-                attempt,
-                self.retries,
-                delay,
-            )
-            if self._closed.wait(delay):
-                raise RequestFailed(grpc.StatusCode.CANCELLED, "client closed", self._what(method))
 
 
 def map_concurrently(
