@@ -21,10 +21,10 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
-from harr_tf.data import load_dataset
 from harr_tf.layers import sign_codes
+from harr_tf.trained_run import Run
 from serving import IMAGES_INPUT, IMAGES_SIGNATURE, PIXELS_INPUT, PIXELS_SIGNATURE
-from serving.export import export_encoder, load_run_encoder
+from serving.export import export_encoder
 from serving.session_bundle import SessionBundle
 
 
@@ -55,13 +55,13 @@ def main() -> None:
     args = parser.parse_args()
     batch_sizes = [int(size) for size in args.batch_sizes.split(",")]
 
-    encoder, config = load_run_encoder(args.run_dir, args.bits)
-    dataset = load_dataset(config["dataset"], data_dir=config.get("data_dir"))
+    run = Run.load(args.run_dir)
+    encoder, dataset = run.encoder(args.bits), run.dataset()  # read as the run reads it
     images = dataset.read(np.arange(min(args.images, dataset.num_items)))
     pixels = images.astype(np.float32)
     encoded = [tf.io.encode_png(image).numpy() for image in images]
     with tempfile.TemporaryDirectory() as base:
-        version_dir = export_encoder(encoder, base, config=config)
+        version_dir = export_encoder(encoder, base, config=run.config)
         model = tf.saved_model.load(str(version_dir))
         bundle = SessionBundle(version_dir)
         from_pixels = model.signatures[PIXELS_SIGNATURE]

@@ -57,19 +57,19 @@ def start_server(base: Path, model: str) -> tuple[subprocess.Popen, str]:
 def grpc_tables(args: argparse.Namespace) -> None:
     import tensorflow as tf
 
-    from harr_tf.data import load_dataset
+    from harr_tf.trained_run import Run
     from serving import IMAGES_INPUT, IMAGES_SIGNATURE
     from serving.client import ServingClient, map_concurrently
-    from serving.export import export_encoder, load_run_encoder
+    from serving.export import export_encoder
     from serving.session_bundle import SessionBundle
 
-    encoder, config = load_run_encoder(args.run_dir, args.bits)
-    dataset = load_dataset(config["dataset"], data_dir=config.get("data_dir"))
+    run = Run.load(args.run_dir)
+    encoder, dataset = run.encoder(args.bits), run.dataset()  # read as the run reads it
     images = dataset.read(np.arange(min(args.images, dataset.num_items)))
     encoded = [tf.io.encode_png(image).numpy() for image in images]
     temporary = tempfile.TemporaryDirectory()
     base = Path(temporary.name) / args.model
-    version_dir = export_encoder(encoder, base, config=config)
+    version_dir = export_encoder(encoder, base, config=run.config)
     # In process, the SavedModel loaded the way the server (and TF Serving) loads it.
     bundle = SessionBundle(version_dir)
 

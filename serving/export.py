@@ -15,6 +15,11 @@ removes such directories that a killed exporter left behind.
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # a command: TensorFlow's start-up lines are not its output
+    from harr_tf.quiet import quiet_command_start
+
+    quiet_command_start()
+
 import argparse
 import datetime
 import hashlib
@@ -27,12 +32,11 @@ from pathlib import Path
 import keras
 import numpy as np
 import tensorflow as tf
-import yaml
 from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 from tqdm import tqdm
 
-import harr_tf.encoder  # noqa: F401  (registers the custom layers that .keras files name)
-from harr_tf.data.folder import MAX_IMAGE_PIXELS
+from harr_tf.config import MAX_IMAGE_PIXELS, TrainConfig, to_dict
+from harr_tf.trained_run import Run
 from serving import (
     IMAGES_INPUT,
     IMAGES_SIGNATURE,
@@ -52,46 +56,7 @@ from serving.model_config import add_model_to_config
 from serving.session_bundle import SessionBundle
 from serving.signatures import EncoderServingGraph
 
-CONFIG_FILE = "config.yaml"
-ENCODER_FILE = "encoder.keras"
 _CHECK_TOLERANCE = 1e-4
-
-
-def run_code_lengths(run_dir: str | Path) -> list[int]:
-    """The code lengths with a saved encoder in `run_dir` (`bits_N/encoder.keras`), sorted."""
-    found = []
-    for entry in Path(run_dir).glob("bits_*"):
-        suffix = entry.name.removeprefix("bits_")
-        if suffix.isdigit() and (entry / ENCODER_FILE).is_file():
-            found.append(int(suffix))
-    return sorted(found)
-
-
-def load_run_encoder(run_dir: str | Path, bits: int | None = None) -> tuple[keras.Model, dict]:
-    """The `bits`-bit encoder of a run (the longest when None) and the run's config dict.
-
-    Raises:
-        FileNotFoundError: `run_dir` is not a run directory, or has no such encoder.
-    """
-    run_dir = Path(run_dir)
-    config_path = run_dir / CONFIG_FILE
-    if not config_path.is_file():
-        raise FileNotFoundError(
-            f"--run-dir {run_dir} is not a run directory: expected {config_path}, "
-            "which train.py writes."
-        )
-    available = run_code_lengths(run_dir)
-    chosen = max(available, default=None) if bits is None else bits
-    if chosen not in available:
-        wanted = "N" if chosen is None else chosen
-        raise FileNotFoundError(
-            f"--run-dir {run_dir} has no trained encoder bits_{wanted}/{ENCODER_FILE}. "
-            f"Code lengths with an encoder: {available or 'none'}."
-        )
-    with open(config_path) as file:
-        config = yaml.safe_load(file)
-    encoder = keras.saving.load_model(run_dir / f"bits_{chosen}" / ENCODER_FILE, compile=False)
-    return encoder, config
 
 
 def config_hash(config: dict) -> str:
@@ -104,7 +69,7 @@ def export_encoder(
     base_path: str | Path,
     *,
     version: int | None = None,
-    config: dict | None = None,
+    config: TrainConfig | None = None,
     progress: bool = False,
     max_pixels: int = MAX_IMAGE_PIXELS,
 ) -> Path:
@@ -142,7 +107,7 @@ def export_encoder(
         stages.update()
         stages.set_postfix_str("warm-up requests and metadata")
         _write_warmup_requests(staging / WARMUP_FILE, base.name, graph.image_shape)
-        _write_metadata(staging / METADATA_FILE, graph, config or {})
+        _write_metadata(staging / METADATA_FILE, graph, to_dict(config) if config else {})
         stages.update()
         stages.set_postfix_str("checking the saved signatures with TF Serving's loader")
         _check_export(staging, encoder, graph.image_shape)
@@ -163,17 +128,22 @@ def export_encoder(
     return target
 
 
-def export_run(
-    run_dir: str | Path,
-    base_path: str | Path,
-    *,
-    bits: int | None = None,
+def export(
+    run: Run | str | os.PathLike,
+    bits: int | None,
+    model_base_path: str | os.PathLike,
     **options,
 ) -> Path:
-    """Exports the `bits`-bit encoder of `run_dir`; `options` are `export_encoder`'s
-    `version`, `progress` and `max_pixels`."""
-    encoder, config = load_run_encoder(run_dir, bits)
-    return export_encoder(encoder, base_path, config=config, **options)
+    """Exports the `bits`-bit encoder of `run` (a `Run` or its directory; the longest
+    code length when `bits` is None) as the next version under `model_base_path` and
+    returns that version's directory; `options` are `export_encoder`'s `version`,
+    `progress` and `max_pixels`.
+
+    Raises:
+        FileNotFoundError: `run` holds no run, or no encoder of `bits` bits.
+    """
+    run = run if isinstance(run, Run) else Run.load(run)
+    return export_encoder(run.encoder(bits), model_base_path, config=run.config, **options)
 
 
 def example_image(shape: tuple[int, int, int]) -> bytes:
@@ -285,15 +255,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.version is not None and args.version < 0:
         parser.error(f"--version must be a non-negative integer. Received: {args.version}")
     try:
-        target = export_run(
+        target = export(
             args.run_dir,
+            args.bits,
             args.model_base_path,
-            bits=args.bits,
             version=args.version,
             progress=True,
             max_pixels=args.max_pixels,
         )
-    except (FileNotFoundError, FileExistsError, ValueError) as error:
+    except FileNotFoundError as error:  # the run directory's: it names the directory
+        raise SystemExit(f"error: --run-dir {error}") from error
+    except (FileExistsError, ValueError) as error:
         raise SystemExit(f"error: {error}") from error
     metadata = json.loads((target / METADATA_FILE).read_text())
     print(

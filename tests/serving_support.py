@@ -21,7 +21,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 from PIL import Image
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -62,21 +61,23 @@ def make_tiny_run(directory: Path, shape=TINY_SHAPE, bits: int = TINY_BITS, seed
     holding a seeded, untrained small-CNN encoder of width 4."""
     import keras
 
-    from harr_tf.config import ModelConfig, TrainConfig, to_dict
+    from harr_tf.config import ModelConfig, TrainConfig
     from harr_tf.encoder import build_encoder
+    from harr_tf.run_directory import RunDirectory
 
+    run = RunDirectory(directory)
     directory.mkdir(parents=True, exist_ok=True)
     images = sample_images(64, shape, seed)
     np.savez(directory / "images.npz", images=images)
     config = TrainConfig(
         dataset=f"npz:{directory / 'images.npz'}", bits=(bits,), model=ModelConfig(width=4)
     )
-    (directory / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+    run.write_config(config)
     keras.utils.set_random_seed(seed)
     encoder = build_encoder(shape, bits, config.model)
     _spread_codes(encoder, images)
-    (directory / f"bits_{bits}").mkdir(exist_ok=True)
-    encoder.save(directory / f"bits_{bits}" / "encoder.keras")
+    run.length(bits).path.mkdir(exist_ok=True)
+    encoder.save(run.length(bits).encoder)
     return directory
 
 
@@ -219,10 +220,10 @@ def tiny_run_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def exported_base(tiny_run_dir, tmp_path_factory) -> Path:
     """Yields a model base path (…/harr) holding version 1: `tiny_run_dir` exported."""
-    from serving.export import export_run
+    from serving.export import export
 
     base = tmp_path_factory.mktemp("models") / MODEL_NAME
-    export_run(tiny_run_dir, base, version=1)
+    export(tiny_run_dir, None, base, version=1)
     return base
 
 

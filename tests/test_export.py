@@ -27,6 +27,7 @@ from tensorflow_serving.config.model_server_config_pb2 import ModelServerConfig
 
 from harr_tf.data import load_dataset
 from harr_tf.encoder import encode_images
+from harr_tf.trained_run import Run
 from serving import METADATA_FILE, OUTPUTS, WARMUP_FILE, export, layout
 from serving.layout import servable_versions
 from serving.model_config import add_model_to_config
@@ -88,7 +89,7 @@ def test_saved_model_cli_shows_both_signatures(exported_base):
 def colour_model(tmp_path_factory):
     """(encoder, version directory) of a 24×24×3 tiny run exported once for the module."""
     run = make_tiny_run(tmp_path_factory.mktemp("colour_run"), shape=COLOUR_SHAPE, seed=2)
-    encoder, _ = export.load_run_encoder(run)
+    encoder = Run.load(run).encoder()
     return encoder, export.export_encoder(encoder, tmp_path_factory.mktemp("colour") / "harr")
 
 

@@ -38,7 +38,7 @@ from tensorflow_serving.apis import (
 from tensorflow_serving.config.model_server_config_pb2 import ModelServerConfig
 
 from harr_tf.encoder import encode_images
-from serving.export import export_run
+from serving.export import export
 from serving.model_config import add_model_to_config
 from serving.server import GRPC_OPTIONS
 from serving.signatures import EncoderServingGraph
@@ -249,14 +249,14 @@ def test_versions_are_picked_up_as_they_appear_and_a_broken_one_is_not(tiny_run_
     server = ServingProcess(base, "--poll-seconds", "0.2").start(wait=False)
     with server:
         server.wait_for(NO_VERSION_YET)  # like TF Serving, it waits for a first version
-        export_run(tiny_run_dir, base)
+        export(tiny_run_dir, None, base)
         server.address = server.wait_for(READY_LINE)["address"]
         prediction, models = stubs(server.address)
         response = prediction.Predict(request, timeout=30)
         assert response.model_spec.version.value == 1
         np.testing.assert_array_equal(outputs_of(response)["codes"], first_codes)
 
-        export_run(other_run, base)  # version 2, renamed into place while serving
+        export(other_run, None, base)  # version 2, renamed into place while serving
         server.wait_for(READY_VERSION_2)
         response = prediction.Predict(request, timeout=30)
         assert response.model_spec.version.value == 2
@@ -395,7 +395,7 @@ def test_model_config_file_serves_several_models_by_their_version_policies(
     base = tmp_path / "harr_two"
     shutil.copytree(exported_base / "1", base / "1")
     other_run = make_tiny_run(tmp_path / "other_run", seed=1)
-    export_run(other_run, base)  # version 2
+    export(other_run, None, base)  # version 2
     config_file = tmp_path / "models.config"
     add_model_to_config(config_file, "harr", base)  # as serving.export writes it: latest
     config = text_format.Parse(config_file.read_text(), ModelServerConfig())

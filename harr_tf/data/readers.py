@@ -44,22 +44,22 @@ class ArrayReader:
 
 
 class FileReader:
-    """Image files on disk (JPEG, PNG, BMP, GIF, WebP), decoded to RGB by the serving
-    graph's decode, within the same pixel budget (a file changed since the folder scan
-    cannot bring a bomb)."""
+    """Image files on disk (JPEG, PNG, BMP, GIF, WebP), decoded to RGB (or with
+    `channels` 1, grey) by the serving graph's decode, within the same pixel budget (a
+    file changed since the folder scan cannot bring a bomb)."""
 
     sequential = False
     can_be_damaged = True
 
-    def __init__(self, paths: list[str], max_pixels: int) -> None:
+    def __init__(self, paths: list[str], max_pixels: int, channels: int = 3) -> None:
         self.paths = np.asarray(paths, dtype=object)
-        self.max_pixels = max_pixels
+        self.max_pixels, self.channels = max_pixels, channels
 
     def raw(self, indices: np.ndarray) -> tf.data.Dataset:
         return tf.data.Dataset.from_tensor_slices(self.paths[np.asarray(indices, np.int64)])
 
     def decode(self, raw: tf.Tensor) -> tf.Tensor:
-        return decode_within_budget(tf.io.read_file(raw), 3, self.max_pixels)
+        return decode_within_budget(tf.io.read_file(raw), self.channels, self.max_pixels)
 
 
 class SequentialReader:
