@@ -337,9 +337,9 @@ def lock_run_dir(run_dir: str, wait: bool) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    from harr_tf.quiet import quiet_tensorflow
+    from harr_tf.quiet import log_to_stderr, quiet_tensorflow
 
+    log_to_stderr()
     quiet_tensorflow(args.verbose)
     import keras
     import tensorflow as tf

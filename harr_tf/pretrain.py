@@ -244,9 +244,9 @@ def lock_directory(out: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    from harr_tf.quiet import quiet_tensorflow
+    from harr_tf.quiet import log_to_stderr, quiet_tensorflow
 
+    log_to_stderr()
     quiet_tensorflow(args.verbose)
     from harr_tf.interrupts import stop_on_sigterm, stopped_exit_status
 

@@ -1,10 +1,18 @@
-"""TensorFlow's start-up noise kept out of the command lines' output.
+"""A command's stderr holds its own words: TensorFlow's start-up lines and other
+libraries' INFO lines are kept out.
 
 On a machine without a GPU, importing TensorFlow prints CUDA and absl lines ("Could not
 find cuda drivers", "failed call to cuInit: UNKNOWN ERROR (303)") before a command says
-anything of its own. They are not errors of the user's run, so the entry points call
-`quiet_tensorflow` before TensorFlow is first imported; `--verbose`, or any
-`TF_CPP_MIN_LOG_LEVEL` the user set, keeps them.
+anything of its own. They are not errors of the user's run, so each command calls
+`quiet_tensorflow` before TensorFlow is first imported: in its `main` when its module
+loads TensorFlow later, or through `quiet_command_start` in an
+`if __name__ == "__main__":` block above its imports when the module imports TensorFlow
+itself. `--verbose`, or any `TF_CPP_MIN_LOG_LEVEL` the user set, keeps the lines.
+Importing a package does none of this.
+
+`log_to_stderr` is a command's logging: the project's loggers at the command's level,
+every other library's at Python's default (WARNING), so FAISS's INFO lines about which
+CPU build it loads stay out.
 """
 
 from __future__ import annotations
@@ -12,6 +20,10 @@ from __future__ import annotations
 import logging
 import os
 import sys
+
+# The project's loggers; "__main__" is a module's `getLogger(__name__)` while it is the
+# command (`python -m serving.server`).
+PROJECT_LOGGERS = ("harr_tf", "serving", "tuning", "__main__")
 
 
 def quiet_tensorflow(verbose: bool = False) -> None:
@@ -39,19 +51,15 @@ def quiet_tensorflow(verbose: bool = False) -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
-def command_module() -> list[str]:
-    """`[MODULE, *args]` while Python starts `python -m MODULE args` (a package's
-    `__init__` runs then); `[]` for a library import or a script."""
-    if sys.argv[:1] != ["-m"] or "-m" not in sys.orig_argv:
-        return []
-    return sys.orig_argv[sys.orig_argv.index("-m") + 1 :]
+def quiet_command_start() -> None:
+    """`quiet_tensorflow` for a command whose module imports TensorFlow at its top, before
+    it parses its arguments: `--verbose` is looked for in `sys.argv`."""
+    quiet_tensorflow(verbose="--verbose" in sys.argv[1:])
 
 
-def quiet_module_command_line(package: str, needs_tensorflow: bool = True) -> None:
-    """`quiet_tensorflow` for a `python -m PACKAGE.MODULE ...` command whose module
-    imports TensorFlow at import time, before it can parse `--verbose`: called from the
-    package's `__init__`, it acts only while Python is starting such a command."""
-    command = command_module()
-    if not command or not command[0].startswith(f"{package}.") or not needs_tensorflow:
-        return
-    quiet_tensorflow(verbose="--verbose" in command)
+def log_to_stderr(level: int = logging.INFO, format: str = "%(message)s") -> None:
+    """A command's log lines on stderr: the project's loggers from `level` up, other
+    libraries' from WARNING (the root logger's level is left as it is)."""
+    logging.basicConfig(format=format)
+    for name in PROJECT_LOGGERS:
+        logging.getLogger(name).setLevel(level)

@@ -20,6 +20,11 @@ before it is decoded or sent to the model server.
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # a command: TensorFlow's start-up lines are not its output
+    from harr_tf.quiet import quiet_command_start
+
+    quiet_command_start()
+
 import argparse
 import functools
 import io

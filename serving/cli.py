@@ -55,7 +55,7 @@ def add_retry_arguments(parser: argparse.ArgumentParser, deadline: float, retrie
 
 
 def add_verbose_argument(parser: argparse.ArgumentParser) -> None:
-    """`--verbose`: keep TensorFlow's start-up lines, which `serving/__init__.py` silences."""
+    """`--verbose`: keep TensorFlow's start-up lines, which a command silences (harr_tf.quiet)."""
     parser.add_argument(
         "--verbose", action="store_true", help="keep TensorFlow's start-up log lines"
     )

@@ -14,6 +14,11 @@ run with one line; the checkpoint keeps what was saved, for `--resume`.
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # a command: TensorFlow's start-up lines are not its output
+    from harr_tf.quiet import quiet_command_start
+
+    quiet_command_start()
+
 import argparse
 import logging
 import signal
@@ -26,6 +31,7 @@ from tqdm import tqdm
 
 from harr_tf.config import MAX_IMAGE_PIXELS
 from harr_tf.data.image_header import TooManyPixels, check_pixels
+from harr_tf.quiet import log_to_stderr
 from serving.cli import add_endpoint_arguments, add_retry_arguments, add_verbose_argument, positive
 from serving.client import RequestFailed, ServingClient, map_concurrently
 from serving.code_store import CodesOrigin, CodeStore, StoredCodes
@@ -294,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     add_verbose_argument(parser)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    log_to_stderr(logging.WARNING, "%(levelname)s %(message)s")
     # SIGTERM ends the run as Ctrl-C does: checkpoint what was received, then exit.
     previous_handler = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:

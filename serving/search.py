@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 
 from harr_tf.index_kinds import INDEX_KINDS
+from harr_tf.quiet import quiet_tensorflow
 from serving.cli import add_endpoint_arguments, add_retry_arguments, add_verbose_argument, positive
 from serving.image_query import query
 from serving.index_writes import add, build, remove
@@ -141,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
         )
     add_verbose_argument(query_parser)
     args = parser.parse_args(argv)
+    if args.command == "query":  # the served model's client loads TensorFlow
+        quiet_tensorflow(args.verbose)
     commands = {"build": build, "add": add, "remove": remove, "query": query}
     return commands[args.command](args)
 

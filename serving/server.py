@@ -15,6 +15,11 @@ otherwise and stops cleanly on SIGTERM.
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # a command: TensorFlow's start-up lines are not its output
+    from harr_tf.quiet import quiet_command_start
+
+    quiet_command_start()
+
 import argparse
 import logging
 import os
@@ -28,6 +33,7 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
+from harr_tf.quiet import log_to_stderr
 from serving.cli import add_verbose_argument
 from serving.handlers import Handlers
 from serving.model_config import read_model_config
@@ -211,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
             args.model_configs = read_model_config(args.model_config_file)
         except ValueError as error:
             raise SystemExit(f"error: {error}") from None
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    log_to_stderr(logging.INFO, "%(asctime)s %(levelname)s %(message)s")
     try:
         return serve(args)
     except OSError as error:

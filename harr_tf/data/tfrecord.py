@@ -21,6 +21,11 @@ mixes classes even though it cannot hold the whole collection.
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # a command: TensorFlow's start-up lines are not its output
+    from harr_tf.quiet import quiet_command_start
+
+    quiet_command_start()
+
 import argparse
 import glob
 import logging
@@ -35,6 +40,7 @@ from harr_tf.config import MAX_IMAGE_PIXELS
 from harr_tf.data.folder import FolderFiles, scan_image_folder
 from harr_tf.data.image_header import decode_within_budget
 from harr_tf.data.readers import DamagedItems, FileReader, SequentialReader, map_skipping_damaged
+from harr_tf.quiet import log_to_stderr
 
 logger = logging.getLogger(__name__)
 
@@ -245,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, name) is not None and getattr(args, name) < 1:
             flag = "--" + name.replace("_", "-")
             parser.error(f"{flag} must be >= 1. Received: {getattr(args, name)}")
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    log_to_stderr()
     source = Path(args.input).expanduser()
     if not source.exists():
         print(f"error: --input {source}: no such file or folder", file=sys.stderr)
