@@ -23,7 +23,8 @@ import os
 import sys
 from typing import Any
 
-PRETRAIN_FILE = "pretrain.yaml"
+from harr_tf.pretrain_record import PRETRAIN_FILE
+
 WEIGHTS_FILE = "backbone.weights.h5"
 METHODS = ("simclr", "barlow_twins", "vicreg")
 # What a pretraining run is bound to: resuming or reusing it with other values is refused.
@@ -120,25 +121,6 @@ def check_identity(path: str, identity: dict) -> None:
         raise SystemExit(
             f"{path} belongs to another pretraining ({details}); use another --out, or the "
             "flags it was started with."
-        )
-
-
-def check_pretrained_weights(weights: str, dataset: str, image_shape: tuple) -> None:
-    """Refuses `train.py --weights DIR/backbone.weights.h5` when DIR's pretraining was on
-    another dataset or image size (other files, without a `pretrain.yaml`, pass)."""
-    import yaml
-
-    described = os.path.join(os.path.dirname(os.path.abspath(weights)), PRETRAIN_FILE)
-    if not os.path.isfile(described):
-        return
-    with open(described) as f:
-        saved = yaml.safe_load(f) or {}
-    shape = [int(d) for d in image_shape]
-    if saved.get("dataset") != dataset or saved.get("image_shape") != shape:
-        raise ValueError(
-            f"--weights {weights} was pretrained on {saved.get('dataset')} at "
-            f"{saved.get('image_shape')}, but this run trains on {dataset} at {shape}: "
-            "pretrain on this dataset and image size first (python -m harr_tf.pretrain)."
         )
 
 

@@ -27,7 +27,7 @@ from harr_tf.encoder import encode_images
 from harr_tf.features import pixel_features
 from harr_tf.frozen import FrozenFeatures, head_codes, prepare_frozen
 from harr_tf.layers import sign_codes
-from harr_tf.pretrain import check_pretrained_weights
+from harr_tf.pretrain_record import check_pretrained_weights
 from harr_tf.resume import check_same_split
 from harr_tf.retrieval import asymmetric_mean_average_precision, evaluate
 from harr_tf.run_data import RunData, build_wta_structure, load_run_data
