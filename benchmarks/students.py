@@ -22,6 +22,8 @@ import subprocess
 import sys
 import time
 
+from harr_tf.run_directory import RunDirectory
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LITE0 = ["--backbone", "efficientnet_lite0", "--weights", "imagenet", "--wta-features", "backbone"]
 VARIANTS = {
@@ -50,7 +52,7 @@ def run_variant(name: str, args: argparse.Namespace) -> dict:
     """The variant's metrics.json (running train.py first unless it is there) and the
     run's wall seconds."""
     run_dir = os.path.join(args.work_dir, name)
-    metrics_path = os.path.join(run_dir, "metrics.json")
+    metrics_path = RunDirectory(run_dir).metrics_file
     timing_path = os.path.join(run_dir, "wall_seconds.txt")
     if not os.path.exists(metrics_path):
         flags = [*VARIANTS[name], *shlex.split(args.train_flags)]

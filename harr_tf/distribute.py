@@ -17,6 +17,8 @@ import tempfile
 import keras
 import tensorflow as tf
 
+from harr_tf.run_directory import RunDirectory
+
 STRATEGIES = ("none", "mirrored", "multi-worker")
 
 
@@ -91,12 +93,11 @@ def worker_run_dir(shared: str, bits: tuple[int, ...]) -> str:
     `shared` (the `--run-dir`), but each `bits_B/checkpoint` here links to the chief's
     there, so a restarted worker restores what the chief saved: `shared` must be on
     storage every worker sees."""
-    directory = tempfile.mkdtemp(prefix="harr-worker-")
+    chief, worker = RunDirectory(shared), RunDirectory(tempfile.mkdtemp(prefix="harr-worker-"))
     for length in bits:
-        os.makedirs(os.path.join(directory, f"bits_{length}"))
-        target = os.path.abspath(os.path.join(shared, f"bits_{length}", "checkpoint"))
-        os.symlink(target, os.path.join(directory, f"bits_{length}", "checkpoint"))
-    return directory
+        worker.length(length).path.mkdir()
+        os.symlink(chief.length(length).checkpoint.absolute(), worker.length(length).checkpoint)
+    return str(worker)
 
 
 def synchronize_batch_norm(model: keras.Layer) -> int:

@@ -213,17 +213,17 @@ class FrozenFeatures:
 
 
 def prepare_frozen(
-    config: TrainConfig, data: RunData, run_dir: str, progress: bool
+    config: TrainConfig, data: RunData, directory: str, progress: bool
 ) -> FrozenFeatures:
     """The frozen student's backbone (`--backbone` with `--weights`) and its features
-    of the training images and their views, cached in `run_dir/features/`."""
+    of the training images and their views, cached in `directory` (the run's
+    `features/`)."""
     dataset = data.dataset
     backbone = teacher_network(dataset, config)
     backbone.trainable = False
     batch = inference_batch_size(backbone, config.encode_batch_size)
     train = data.split.train
     augmenter = ViewAugmenter(dataset.image_shape, config.augment, seed=config.seed)
-    directory = os.path.join(run_dir, "features")
     rounds = config.model.feature_rounds
     logger.info(
         "Frozen student: %s features of %d training images, %d rounds of views %s",

@@ -19,6 +19,7 @@ from harr_tf.baselines import METHODS  # noqa: E402
 from harr_tf.config import TrainConfig  # noqa: E402
 from harr_tf.data import ProtocolSplit  # noqa: E402
 from harr_tf.retrieval import hamming_distances, relevance  # noqa: E402
+from harr_tf.run_directory import RunDirectory  # noqa: E402
 
 # Frame colours of the retrieval grid: not relevant, relevant.
 RELEVANCE_COLOURS = ("#d62728", "#2ca02c")
@@ -63,7 +64,7 @@ def results_table(metrics: dict) -> str:
 
 
 def write_plots(
-    run_dir: str,
+    run_dir: RunDirectory,
     bits: int,
     result: dict,
     read_images: Callable[[np.ndarray], np.ndarray],
@@ -77,8 +78,7 @@ def write_plots(
     `read_images(indices)` gives the `(n, H, W, C)` pixels of dataset items: the grid
     reads only the few it shows, framed by relevance when the dataset's `labels` are
     given."""
-    plots = os.path.join(run_dir, "plots")
-    os.makedirs(plots, exist_ok=True)
+    run_dir.plots.mkdir(parents=True, exist_ok=True)
     figures = {
         "pr_curve": _pr_figure(result, bits),
         "precision_at_n": _precision_at_n_figure(result, bits),
@@ -86,12 +86,12 @@ def write_plots(
             read_images, split, query_codes, database_codes, bits, labels
         ),
     }
-    writer = tf.summary.create_file_writer(os.path.join(run_dir, f"bits_{bits}", "logs", "eval"))
+    writer = tf.summary.create_file_writer(str(run_dir.length(bits).logs / "eval"))
     for name, figure in figures.items():
-        path = os.path.join(plots, f"{name}_{bits}.png")
+        path = run_dir.plot_file(name, bits)
         figure.savefig(path, dpi=100, bbox_inches="tight")
         plt.close(figure)
-        png = tf.io.decode_png(tf.io.read_file(path), channels=4)
+        png = tf.io.decode_png(tf.io.read_file(str(path)), channels=4)
         with writer.as_default():
             tf.summary.image(name, png[None], step=0)
     writer.close()

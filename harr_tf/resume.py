@@ -8,15 +8,15 @@ old checkpoints on it, so `--resume` refuses such settings, naming them.
 
 from __future__ import annotations
 
-import glob
-import json
 import os
 import shlex
 
 import numpy as np
 
+from harr_tf.callbacks import LastGoodCheckpoint
 from harr_tf.config import to_dict
 from harr_tf.data.splits import ProtocolSplit
+from harr_tf.run_directory import RunDirectory
 
 # Settings a resumed run may change: how long it trains, how often it evaluates, and
 # where the same data files are found.
@@ -48,11 +48,11 @@ def changed_settings(saved, config) -> dict[str, tuple]:
 
 
 def check_resumable(saved, config) -> None:
-    """Raises SystemExit naming each setting that would change the resumed run."""
+    """Raises ValueError naming each setting that would change the resumed run."""
     changed = changed_settings(saved, config)
     if changed:
         details = ", ".join(f"{name}: {a!r} -> {b!r}" for name, (a, b) in changed.items())
-        raise SystemExit(
+        raise ValueError(
             f"--resume continues a run with its own data, split, code lengths, WTA structure "
             f"and model; these settings differ from the run's config.yaml: {details}. Only "
             f"{', '.join(RESUMABLE_SETTINGS)} may change; start a new --run-dir for the rest."
@@ -88,23 +88,19 @@ def flatten_settings(values: dict, prefix: str = "") -> dict:
 
 def resume_advice(run_dir: str) -> str:
     """What a stopped run kept and the command that continues it, in one line."""
-    if not os.path.exists(os.path.join(run_dir, "config.yaml")):
+    run = RunDirectory(run_dir)
+    if not run.is_run():
         return "Nothing was written yet: run the same command again."
     kept = []
-    for directory in sorted(glob.glob(os.path.join(run_dir, "bits_*")), key=_bits):
-        bits = _bits(directory)
-        if os.path.exists(os.path.join(directory, "encoder.keras")):
+    for bits in run.started_bits():
+        if run.length(bits).encoder.exists():
             kept.append(f"{bits} bits: trained")
             continue
         try:
-            with open(os.path.join(directory, "checkpoint", "training_metadata.json")) as f:
-                kept.append(f"{bits} bits: checkpoint after epoch {json.load(f)['epoch']}")
+            epochs = LastGoodCheckpoint.completed_epochs(str(run.length(bits).checkpoint))
         except (OSError, ValueError, KeyError):
-            pass
+            continue
+        if epochs:
+            kept.append(f"{bits} bits: checkpoint after epoch {epochs}")
     what = f"Kept: {'; '.join(kept)}." if kept else "No epoch had ended yet."
     return f"{what} Continue with: python train.py --run-dir {shlex.quote(run_dir)} --resume"
-
-
-def _bits(directory: str) -> int:
-    suffix = os.path.basename(directory).removeprefix("bits_")
-    return int(suffix) if suffix.isdigit() else 0

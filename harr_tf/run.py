@@ -15,13 +15,12 @@ import os
 import keras
 import numpy as np
 import tensorflow as tf
-import yaml
 from tqdm import tqdm
 
 from harr_tf import report
-from harr_tf.atomic import atomic_path, write_json_atomically, write_text_atomically
+from harr_tf.atomic import atomic_path, write_json_atomically
 from harr_tf.baselines import evaluate_baselines, exact_map
-from harr_tf.config import TrainConfig, to_dict
+from harr_tf.config import TrainConfig
 from harr_tf.data.pipeline import check_training_items
 from harr_tf.encoder import encode_images
 from harr_tf.features import pixel_features
@@ -31,6 +30,7 @@ from harr_tf.pretrain_record import check_pretrained_weights
 from harr_tf.resume import check_same_split
 from harr_tf.retrieval import asymmetric_mean_average_precision, evaluate
 from harr_tf.run_data import RunData, build_wta_structure, load_run_data
+from harr_tf.run_directory import RunDirectory
 from harr_tf.training import train_code_length, training_length, with_batch_size
 
 logger = logging.getLogger("harr_tf")
@@ -123,7 +123,7 @@ def encode_part(
 
 def run(
     config: TrainConfig,
-    run_dir: str,
+    run_dir: str | os.PathLike,
     verbose: int = 1,
     strategy: tf.distribute.Strategy | None = None,
 ) -> dict:
@@ -137,19 +137,17 @@ def run(
     training_length(config, len(data.split.train))
     if os.path.isfile(config.model.weights):
         check_pretrained_weights(config.model.weights, config.dataset, data.dataset.image_shape)
-    os.makedirs(run_dir, exist_ok=True)
-    check_same_split(os.path.join(run_dir, "split.npz"), data.split)
-    write_text_atomically(
-        os.path.join(run_dir, "config.yaml"), yaml.safe_dump(to_dict(config), sort_keys=False)
-    )
-    with atomic_path(os.path.join(run_dir, "split.npz")) as temporary:
+    directory = RunDirectory(run_dir)
+    check_same_split(str(directory.split_file), data.split)
+    directory.write_config(config)
+    with atomic_path(directory.split_file) as temporary:
         data.split.save(temporary)
     logger.info("Data: %s from %s", data.dataset.name, data.dataset.source)
     progress = verbose > 0
     logger.info(describe_teacher(config))
     frozen = None
     if config.model.student_mode == "frozen":
-        frozen = prepare_frozen(config, data, run_dir, progress)
+        frozen = prepare_frozen(config, data, str(directory.features), progress)
     wta = build_wta_structure(
         data.dataset,
         data.split.train,
@@ -157,10 +155,9 @@ def run(
         progress,
         features=frozen.train if frozen is not None and config.wta.features == "backbone" else None,
     )
-    with atomic_path(os.path.join(run_dir, "wta.npz")) as temporary, open(temporary, "wb") as f:
+    with atomic_path(directory.wta_file) as temporary, open(temporary, "wb") as f:
         np.savez(f, table=wta.table, codes=wta.codes, **dataclasses.asdict(wta.thresholds))
-    metrics_path = os.path.join(run_dir, "metrics.json")
-    metrics = report.read_metrics(metrics_path, config, data.top_k)
+    metrics = report.read_metrics(directory.metrics_file, config, data.top_k)
     labels = data.dataset.labels
     evaluated = labels is not None and len(data.split.query) > 0
     if labels is None:
@@ -171,11 +168,11 @@ def run(
     if evaluated and frozen is not None:
         baselines.update(feature_baseline_maps(frozen, data, config, progress))
     for bits in config.bits:
-        directory = os.path.join(run_dir, f"bits_{bits}")
+        length = directory.length(bits)
         encoder, seconds = train_code_length(
-            config, bits, data, wta, directory, verbose, strategy, frozen
+            config, bits, data, wta, str(length.path), verbose, strategy, frozen
         )
-        with atomic_path(os.path.join(directory, "encoder.keras")) as temporary:
+        with atomic_path(length.encoder) as temporary:
             encoder.save(temporary)  # whole or not at all: a cut-off one fails to load
         if not evaluated:
             continue
@@ -205,7 +202,7 @@ def run(
         for method, maps in baselines.items():
             metrics["baselines"].setdefault(method, {})[str(bits)] = maps[str(bits)]
         report.write_plots(
-            run_dir,
+            directory,
             bits,
             result,
             data.dataset.read,
@@ -214,6 +211,6 @@ def run(
             database_codes,
             labels=data.dataset.labels,
         )
-        write_json_atomically(metrics_path, metrics)
-    data.dataset.damaged.report(os.path.join(run_dir, "damaged_items.txt"))
+        write_json_atomically(directory.metrics_file, metrics)
+    data.dataset.damaged.report(str(directory.damaged_items_file))
     return metrics

@@ -34,7 +34,7 @@ def test_budget_may_change_but_data_codes_and_structure_may_not():
         "seed",
         "wta.window",
     ]
-    with pytest.raises(SystemExit, match=r"bits: \[16\] -> \[32\]"):
+    with pytest.raises(ValueError, match=r"bits: \[16\] -> \[32\]"):
         check_resumable(saved, TrainConfig(bits=(32,)))
 
 
