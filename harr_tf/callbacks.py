@@ -53,7 +53,14 @@ class RetrievalEvaluation(keras.callbacks.Callback):
         last = epoch + 1 == self.params.get("epochs")
         if (epoch + 1) % self.every and not last:
             return
-        encoder, labels = self.model.encoder, self.dataset.labels
+        self.evaluate(self.model.encoder)
+        if logs is not None:
+            logs["val_map"] = self.last_map
+
+    def evaluate(self, encoder: keras.Model) -> float:
+        """`val_map` of `encoder`, kept as `last_map`; also for a model restored without
+        training (a tuner trial whose checkpoint already held its last epoch)."""
+        labels = self.dataset.labels
         self.last_map = mean_average_precision(
             encode_images(encoder, self.dataset.images(self.queries), self.batch_size),
             encode_images(encoder, self.dataset.images(self.database), self.batch_size),
@@ -61,8 +68,7 @@ class RetrievalEvaluation(keras.callbacks.Callback):
             labels[self.database],
             top_k=self.top_k,
         )
-        if logs is not None:
-            logs["val_map"] = self.last_map
+        return self.last_map
 
 
 class BetaSchedule(keras.callbacks.Callback):

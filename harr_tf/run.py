@@ -1,5 +1,5 @@
 """One HARR run end to end: data and split, WTA structure, one model per code length
-(`harr_tf.training`), evaluation on the query set, and the run directory (DESIGN §5).
+(`harr_tf.training_assembly`), evaluation on the query set, and the run directory (DESIGN §5).
 
 Images are streamed from the dataset's reader wherever they are needed (training
 views, the WTA teacher, the baselines, the evaluation and the plots); the run holds
@@ -31,7 +31,8 @@ from harr_tf.resume import check_same_split
 from harr_tf.retrieval import asymmetric_mean_average_precision, evaluate
 from harr_tf.run_data import RunData, build_wta_structure, load_run_data
 from harr_tf.run_directory import RunDirectory
-from harr_tf.training import train_code_length, training_length, with_batch_size
+from harr_tf.training import training_length, with_batch_size
+from harr_tf.training_assembly import train_code_length
 
 logger = logging.getLogger("harr_tf")
 

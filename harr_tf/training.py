@@ -1,54 +1,28 @@
-"""Training one code length: its batch and length, the compiled model, the stream of
-views it reads, and `fit` with the checkpoint, NaN guard, validation and TensorBoard.
+"""The parts of one model's training: the batch and budget a run resolves, the compiled
+model, the stream of views it reads and the validation score.
 
-`harr_tf.run` calls it once per code length; the tuner builds its trials from the same
-parts, so a trial trains exactly as `train.py` does.
+`harr_tf.training_assembly` puts them together, for `train.py` and each tuner trial alike.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import logging
 import math
-import os
-import time
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from harr_tf.callbacks import (
-    BetaSchedule,
-    LastGoodCheckpoint,
-    RetrievalEvaluation,
-    StopOnNonFiniteLoss,
-    WTARefresh,
-)
+from harr_tf.callbacks import RetrievalEvaluation
 from harr_tf.config import TrainConfig
 from harr_tf.data.augment import ViewAugmenter
 from harr_tf.data.image_size import default_batch_sizes
 from harr_tf.data.pipeline import training_dataset
-from harr_tf.distribute import is_chief, synchronize_batch_norm, work_around_keras_multi_worker
 from harr_tf.encoder import build_encoder
-from harr_tf.frozen import (
-    FrozenFeatures,
-    feature_stream,
-    head_encoder,
-    pixel_encoder,
-    start_from_itq,
-)
-from harr_tf.memory_budget import (
-    budget_bytes,
-    default_budget_gb,
-    network_name,
-    set_budget,
-    training_does_not_fit,
-)
+from harr_tf.memory_budget import budget_bytes, default_budget_gb, set_budget
 from harr_tf.model import HarrModel
 from harr_tf.run_data import RunData, WTAStructure
 from harr_tf.wta import WTASimilarity
-
-logger = logging.getLogger("harr_tf")
 
 # Fashion-MNIST's default budget (30 epochs of 39 batches): every dataset gets as many
 # updates unless --epochs or --steps says otherwise.
@@ -189,96 +163,3 @@ def training_stream(
     codes = tf.Variable(wta.codes, trainable=False)
     stream = stream.map(lambda batch: {**batch, "wta": tf.gather(codes, batch["index"])})
     return stream, codes
-
-
-def train_code_length(
-    config: TrainConfig,
-    bits: int,
-    data: RunData,
-    wta: WTAStructure,
-    directory: str,
-    verbose: int,
-    strategy: tf.distribute.Strategy | None = None,
-    frozen: FrozenFeatures | None = None,
-) -> tuple[keras.Model, float]:
-    """Trains (or resumes) one model under `strategy` (default: none); returns its
-    encoder and the training seconds. `fit` gets the global batch: Keras splits it
-    over the replicas, and the losses gather it back (`HarrModel`). With `frozen`, the
-    hash head trains on the cached features (starting from ITQ on them) and the encoder
-    returned is the frozen backbone with that head.
-
-    The checkpoint (weights and optimizer) is `directory/checkpoint`: only the chief
-    writes it, every worker restores from it, so under multi-worker it must be on
-    storage all workers see."""
-    checkpoints = os.path.join(directory, "checkpoint")
-    done = LastGoodCheckpoint.completed_epochs(checkpoints)
-    if done:
-        logger.info("Resuming %d-bit model after epoch %d", bits, done)
-    strategy = strategy or tf.distribute.get_strategy()
-    with strategy.scope():
-        head = None
-        if frozen is not None:
-            head = head_encoder(frozen.train.shape[1], bits, config.model.beta)
-            start_from_itq(head, frozen.train, config.seed)
-        model = new_model(config, bits, data.dataset.image_shape, wta, head)
-        # Its variables are made here, in the scope, before the checkpoint is restored.
-        model.optimizer.build(model.trainable_variables)
-        if strategy.num_replicas_in_sync > 1:
-            synchronize_batch_norm(model.encoder)
-    work_around_keras_multi_worker(model, strategy)
-    epochs, steps = training_length(config, len(wta.codes))
-    if frozen is None:
-        stream, codes = training_stream(config, data, wta, model.views, start_epoch=done)
-    else:
-        stream = feature_stream(
-            frozen.views, wta.codes, frozen.names, config.batch_size, config.seed, done * steps
-        )
-    refresh = None
-    if config.wta.refresh_every and frozen is None:
-        every = config.wta.refresh_every
-        refresh = WTARefresh(
-            data.dataset, data.split.train, codes, config.wta, config.seed, every, done
-        )
-    checkpoint = LastGoodCheckpoint(checkpoints, write=is_chief(strategy))
-    guard = StopOnNonFiniteLoss()
-    callbacks = [
-        checkpoint,  # first: it restores the weights the others then see
-        refresh,
-        BetaSchedule(config.model.beta, config.model.beta_growth),
-        guard,
-        validation_callback(data, config) if frozen is None else None,
-        keras.callbacks.TensorBoard(os.path.join(directory, "logs")),
-    ]
-    start = time.perf_counter()
-    if done < epochs:
-        try:
-            model.fit(
-                stream,
-                epochs=epochs,
-                initial_epoch=done,
-                steps_per_epoch=steps,
-                shuffle=False,  # the stream shuffles itself
-                callbacks=[c for c in callbacks if c is not None],
-                verbose=verbose,
-            )
-        except tf.errors.ResourceExhaustedError:
-            name = network_name(model.encoder)
-            raise training_does_not_fit(name, bits, config.batch_size) from None
-    else:  # trained to the end, stopped before the encoder was saved: restore only
-        checkpoint.set_model(model)
-        checkpoint.on_train_begin()
-    seconds = time.perf_counter() - start
-    if guard.failed_epoch is not None:
-        kept = checkpoint.completed_epochs(checkpoints)
-        raise TrainingDiverged(
-            f"The {bits}-bit model's loss became NaN/inf in epoch {guard.failed_epoch + 1}. "
-            + (
-                f"The last good checkpoint, after epoch {kept}, is kept in {checkpoints}"
-                if kept
-                else "No epoch had ended with a finite loss, so there is no checkpoint"
-            )
-            + "; lower --learning-rate or the loss weights and run again with --resume."
-        )
-    if frozen is not None:
-        return pixel_encoder(frozen.backbone, model.encoder), seconds
-    return model.encoder, seconds

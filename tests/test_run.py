@@ -150,7 +150,7 @@ def test_several_steps_per_execution_train_like_one(tmp_path):
     """`--steps-per-execution 4` runs the same steps as one step per call: the same
     weights at the end. An epoch that is not whole calls is refused (Keras would run
     other steps than asked)."""
-    from harr_tf.training import train_code_length
+    from harr_tf.training_assembly import train_code_length
 
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (300, 16, 16, 1), dtype=np.uint8)

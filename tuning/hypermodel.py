@@ -1,22 +1,19 @@
 """HarrHyperModel: HARR's loss weights, WTA structure and optimisation as a KerasTuner
-search space, trained and scored by `val_map` on the validation split (DESIGN §3)."""
+search space, trained as `train.py` trains (`harr_tf.training_assembly`) and scored by
+`val_map` on the validation split (DESIGN §3)."""
 
 from __future__ import annotations
+
+import os
 
 import keras
 import keras_tuner
 
-from harr_tf.callbacks import BetaSchedule, StopOnNonFiniteLoss
 from harr_tf.config import TrainConfig, WTAConfig
 from harr_tf.model import HarrModel
 from harr_tf.run_data import WTAStructure, build_wta_structure, load_run_data
-from harr_tf.training import (
-    new_model,
-    training_length,
-    training_stream,
-    validation_callback,
-    with_batch_size,
-)
+from harr_tf.training import with_batch_size
+from harr_tf.training_assembly import assemble_training, training_model
 from tuning.space import SETTINGS, SpaceDeclarer, parse_overrides, with_values
 
 OBJECTIVE = keras_tuner.Objective("val_map", direction="max")
@@ -28,7 +25,9 @@ class HarrHyperModel(keras_tuner.HyperModel):
     `val_map` is mAP@K of the validation queries (drawn from the database) against a
     sample of the rest of the database, after the trial's last epoch; the protocol's
     query set is never used. The data are loaded once; the WTA structure is rebuilt
-    only when its settings (P, K, ρ) change.
+    only when its settings (P, K, ρ) change. A trial trains as a run does (WTA refresh,
+    checkpoint, β schedule), except that the frozen student is refused: its head trains
+    on features cached in a run directory, which a trial has not.
 
     Args:
         config: the base configuration of every trial, with one code length in
@@ -42,6 +41,13 @@ class HarrHyperModel(keras_tuner.HyperModel):
         super().__init__(name="harr")
         if len(config.bits) != 1:
             raise ValueError(f"Tuning trains one code length. Received: bits={config.bits}")
+        model = config.model
+        if model.student_mode == "frozen":
+            raise ValueError(
+                "Tuning trains the whole network; the frozen student trains on cached "
+                "features, in train.py only. Set model.student to fine_tuned or distilled. "
+                f"Received: backbone={model.backbone}, student={model.student or 'default'}"
+            )
         self.overrides = parse_overrides(search_space)
         self.data = load_run_data(config)
         self.config = with_batch_size(config, self.data.dataset.image_shape)
@@ -67,8 +73,7 @@ class HarrHyperModel(keras_tuner.HyperModel):
         }
         config = with_values(self.config, values)
         keras.utils.set_random_seed(config.seed)  # trials differ by their values only
-        image_shape = self.data.dataset.image_shape
-        return new_model(config, config.bits[0], image_shape, self.wta_structure(config))
+        return training_model(config, config.bits[0], self.data, self.wta_structure(config))
 
     def fit(
         self,
@@ -79,38 +84,40 @@ class HarrHyperModel(keras_tuner.HyperModel):
         initial_epoch: int = 0,
         verbose: int = 1,
     ) -> dict[str, float]:
-        """Trains `model` for the trial's budget (Hyperband passes `epochs` and
-        `initial_epoch`) with the trial's batch size; returns `val_map` and the last loss.
+        """Trains `model` as `train.py` would for the trial's budget (Hyperband passes
+        `epochs` and `initial_epoch`) with the trial's batch size; returns `val_map` and
+        the last epoch's losses.
+
+        Under a tuner, the trial checkpoints each epoch into `trial_ID/checkpoint`, and
+        a trial run again (an interrupted search resumed) continues from it. Called
+        without a tuner's callbacks, it keeps no checkpoint.
 
         Raises `keras_tuner.errors.FailedTrialError` when the loss becomes NaN/inf, so
         the trial is recorded as failed and the search goes on.
         """
         config = self.trial_config(hp)
-        wta = self.wta_structure(config)
-        stream, _ = training_stream(config, self.data, wta, model.views, start_epoch=initial_epoch)
-        guard = StopOnNonFiniteLoss()
-        validation = validation_callback(self.data, config)
-        budget, steps = training_length(config, len(wta.codes))
-        history = model.fit(
-            stream,
-            epochs=epochs or budget,
-            initial_epoch=initial_epoch,
-            steps_per_epoch=steps,
-            shuffle=False,  # the stream shuffles itself
-            # `val_map` enters the logs before the tuner's callbacks read them.
-            callbacks=[
-                BetaSchedule(config.model.beta, config.model.beta_growth),
-                guard,
-                validation,
-                *(callbacks or []),
-            ],
-            verbose=verbose,
+        callbacks = list(callbacks or [])
+        directory = trial_directory(callbacks)
+        training = assemble_training(
+            config,
+            self.data,
+            self.wta_structure(config),
+            model,
+            os.path.join(directory, "checkpoint") if directory else None,
+            start_epoch=initial_epoch,
+            epochs=epochs,
+            callbacks=callbacks,  # after `val_map` enters the logs
         )
-        if guard.failed_epoch is not None:
+        logs = training.fit(verbose)
+        if training.guard.failed_epoch is not None:
             raise keras_tuner.errors.FailedTrialError(
-                f"The loss became NaN/inf in epoch {guard.failed_epoch + 1}: {_describe(hp.values)}"
+                f"The loss became NaN/inf in epoch {training.guard.failed_epoch + 1}: "
+                + _describe(hp.values)
             )
-        return {"val_map": validation.last_map, "loss": history.history["loss"][-1]}
+        validation = training.validation
+        if validation.last_map is None:  # restored at its last epoch: score what it restored
+            validation.evaluate(model.encoder)
+        return {**logs, "val_map": validation.last_map}
 
     def trial_config(self, hp: keras_tuner.HyperParameters) -> TrainConfig:
         """The base configuration with the trial's values."""
@@ -124,6 +131,16 @@ class HarrHyperModel(keras_tuner.HyperModel):
             data = self.data
             self._wta = (wta, build_wta_structure(data.dataset, data.split.train, config))
         return self._wta[1]
+
+
+def trial_directory(callbacks: list) -> str | None:
+    """The directory of the trial whose callbacks these are: KerasTuner tells
+    `HyperModel.fit` its trial only through the callback reporting to the tuner."""
+    for callback in callbacks:
+        tuner, trial = getattr(callback, "tuner", None), getattr(callback, "trial", None)
+        if tuner is not None and trial is not None:
+            return tuner.get_trial_dir(trial.trial_id)
+    return None
 
 
 def _describe(values: dict) -> str:
