@@ -9,13 +9,9 @@ being resumed) < flags given on the command line.
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import logging
 import os
 import sys
 import time
-
-import yaml
 
 # (flag, config section or None, field, type, help)
 FLAGS = [
@@ -280,16 +276,17 @@ def resolve_config(args: argparse.Namespace):
     """
     from harr_tf.config import TrainConfig, from_dict, read_settings_file, to_dict
     from harr_tf.resume import check_resumable
+    from harr_tf.run_directory import RunDirectory
 
     values: dict = {}
     source, flag = args.config, "--config"
     if args.resume:
-        if not args.run_dir or not os.path.exists(os.path.join(args.run_dir, "config.yaml")):
+        if not args.run_dir or not RunDirectory(args.run_dir).is_run():
             raise SystemExit(
                 f"--resume needs --run-dir of an existing run (with config.yaml). "
                 f"Received: --run-dir {args.run_dir}"
             )
-        source, flag = os.path.join(args.run_dir, "config.yaml"), "--resume"
+        source, flag = str(RunDirectory(args.run_dir).config_file), "--resume"
     if source:
         values = read_settings_file(source, flag)
     saved = from_dict(TrainConfig, values)
@@ -321,27 +318,12 @@ def check_writable(run_dir: str) -> None:
         ) from None
 
 
-def lock_run_dir(run_dir: str, wait: bool) -> None:
-    """Makes this process the run directory's only writer until it ends (`harr_tf.locks`):
-    a second train.py into it stops naming the holder, or with `wait` waits for it."""
-    from harr_tf.locks import LockHeld, exclusive
-
-    try:
-        exclusive(run_dir).acquire()
-    except LockHeld as held:
-        if not wait:
-            raise SystemExit(f"{held} Wait for it to end, or pass --wait.") from None
-        logging.getLogger("harr_tf").info("%s Waiting for it (--wait).", held)
-        exclusive(run_dir, wait=True).acquire()
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from harr_tf.quiet import log_to_stderr, quiet_tensorflow
 
     log_to_stderr()
     quiet_tensorflow(args.verbose)
-    import keras
     import tensorflow as tf
 
     if not args.nondeterministic:  # the same seed and settings give the same codes
@@ -349,9 +331,10 @@ def main(argv: list[str] | None = None) -> int:
     from harr_tf import distribute, precision
     from harr_tf.backbones import WeightsUnavailableError
     from harr_tf.interrupts import stop_on_sigterm, stopped_exit_status
+    from harr_tf.locks import LockHeld
     from harr_tf.report import results_table
     from harr_tf.resume import resume_advice
-    from harr_tf.run import run
+    from harr_tf.trained_run import RunExists, train
     from harr_tf.training import TrainingDiverged
 
     try:
@@ -363,25 +346,29 @@ def main(argv: list[str] | None = None) -> int:
         precision.set_precision(args.mixed_precision, config.model.backbone)
     except ValueError as error:
         raise SystemExit(f"Invalid configuration: {error}") from None
-    # With op determinism, the same seed and settings give the same codes on this machine.
-    keras.utils.set_random_seed(config.seed)
     if args.distribute == "multi-worker" and not args.run_dir:
         raise SystemExit("--distribute multi-worker needs --run-dir, on storage every worker sees.")
     run_dir = args.run_dir or os.path.join("runs", time.strftime("%Y%m%d-%H%M%S"))
     if not distribute.is_chief(strategy):
         run_dir = distribute.worker_run_dir(run_dir, config.bits)
     check_writable(run_dir)
-    lock_run_dir(run_dir, args.wait)  # held until the process ends
-    if os.path.exists(os.path.join(run_dir, "config.yaml")) and not args.resume:
-        raise SystemExit(
-            f"{run_dir} already holds a run: pass --resume to continue it, or another --run-dir."
-        )
-    logging.getLogger("harr_tf").info(
-        "Run directory: %s\n%s", run_dir, yaml.safe_dump(dataclasses.asdict(config))
-    )
     stop_on_sigterm()
     try:
-        metrics = run(config, run_dir, verbose=0 if args.quiet else 1, strategy=strategy)
+        # With op determinism, the same seed and settings give the same codes on this machine.
+        trained = train(
+            config,
+            run_dir,
+            resume=args.resume,
+            wait=args.wait,
+            verbose=0 if args.quiet else 1,
+            strategy=strategy,
+        )
+    except LockHeld as held:
+        raise SystemExit(f"{held} Wait for it to end, or pass --wait.") from None
+    except RunExists:
+        raise SystemExit(
+            f"{run_dir} already holds a run: pass --resume to continue it, or another --run-dir."
+        ) from None
     except (TrainingDiverged, WeightsUnavailableError, ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
@@ -393,8 +380,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except (KeyboardInterrupt, OSError) as error:
         return stopped_exit_status(error, resume_advice(run_dir))
-    if metrics["results"]:
-        print(results_table(metrics))
+    if trained.metrics.get("results"):
+        print(results_table(trained.metrics))
     print(f"Run directory: {run_dir}")
     return 0
 

@@ -39,6 +39,10 @@ logger = logging.getLogger("harr_tf")
 Images = np.ndarray | str | Sequence[str | os.PathLike] | ImageDataset
 
 
+class RunExists(FileExistsError):
+    """`train` was asked to start a run where one already is (and not to resume it)."""
+
+
 class Run:
     """A run directory that `train` (or train.py) wrote, opened for encoding.
 
@@ -201,7 +205,7 @@ def train(
         strategy: the `tf.distribute` strategy (`harr_tf.distribute`). Defaults to None.
 
     Raises:
-        FileExistsError: `run_dir` already holds a run and `resume` is False.
+        RunExists: `run_dir` already holds a run and `resume` is False.
         harr_tf.locks.LockHeld: another process writes `run_dir` (unless `wait`).
         ValueError: a setting cannot work with the data (named in the message).
     """
@@ -209,7 +213,7 @@ def train(
     with _writer_lock(directory, wait):
         if directory.is_run():
             if not resume:
-                raise FileExistsError(
+                raise RunExists(
                     f"{directory} already holds a run: resume it, or choose another directory."
                 )
             check_resumable(directory.read_config(), config)
