@@ -171,7 +171,7 @@ def run(
     for bits in config.bits:
         length = directory.length(bits)
         encoder, seconds = train_code_length(
-            config, bits, data, wta, str(length.path), verbose, strategy, frozen
+            config, bits, data, wta, length, verbose, strategy, frozen
         )
         with atomic_path(length.encoder) as temporary:
             encoder.save(temporary)  # whole or not at all: a cut-off one fails to load

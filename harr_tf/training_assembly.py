@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import time
 
 import keras
@@ -37,6 +36,7 @@ from harr_tf.frozen import (
 from harr_tf.memory_budget import network_name, training_does_not_fit
 from harr_tf.model import HarrModel
 from harr_tf.run_data import RunData, WTAStructure
+from harr_tf.run_directory import LengthDirectory
 from harr_tf.training import (
     TrainingDiverged,
     new_model,
@@ -165,7 +165,7 @@ def train_code_length(
     bits: int,
     data: RunData,
     wta: WTAStructure,
-    directory: str,
+    directory: LengthDirectory,
     verbose: int,
     strategy: tf.distribute.Strategy | None = None,
     frozen: FrozenFeatures | None = None,
@@ -175,12 +175,12 @@ def train_code_length(
     over the replicas, and the losses gather it back (`HarrModel`). With `frozen`, the
     encoder returned is the frozen backbone with the trained head.
 
-    The checkpoint (weights and optimizer) is `directory/checkpoint`: only the chief
+    The checkpoint (weights and optimizer) is `directory.checkpoint`: only the chief
     writes it, every worker restores from it, so under multi-worker it must be on
     storage all workers see."""
-    checkpoints = os.path.join(directory, "checkpoint")
+    checkpoints = str(directory.checkpoint)
     model = training_model(config, bits, data, wta, strategy, frozen)
-    logs = keras.callbacks.TensorBoard(os.path.join(directory, "logs"))
+    logs = keras.callbacks.TensorBoard(str(directory.logs))
     training = assemble_training(
         config, data, wta, model, checkpoints, callbacks=[logs], strategy=strategy, frozen=frozen
     )

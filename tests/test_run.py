@@ -10,6 +10,7 @@ from harr_tf.config import ModelConfig, TrainConfig, WTAConfig
 from harr_tf.data import ImageDataset
 from harr_tf.features import PIXEL_SOURCES, wta_features
 from harr_tf.run_data import build_wta_structure, load_run_data
+from harr_tf.run_directory import RunDirectory
 from harr_tf.training import training_length
 from harr_tf.wta import encode_wta
 
@@ -169,8 +170,8 @@ def test_several_steps_per_execution_train_like_one(tmp_path):
         data = load_run_data(config)
         wta = build_wta_structure(data.dataset, data.split.train, config)
         keras.utils.set_random_seed(0)
-        directory = tmp_path / f"run_{steps_per_execution}"
-        encoder, _ = train_code_length(config, 8, data, wta, str(directory), verbose=0)
+        directory = RunDirectory(tmp_path / f"run_{steps_per_execution}").length(8)
+        encoder, _ = train_code_length(config, 8, data, wta, directory, verbose=0)
         weights.append(encoder.get_weights())
     keras.utils.set_random_seed(0)
     start = build_backbone("small_cnn", (16, 16, 1), "none", 4, "grid").get_weights()
