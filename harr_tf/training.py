@@ -62,18 +62,27 @@ def with_batch_size(
     )
 
 
-def validation_callback(data: RunData, config: TrainConfig) -> RetrievalEvaluation | None:
-    """`val_map` of validation queries against a seeded sample of the rest of the database."""
+def validation_sets(data: RunData, config: TrainConfig) -> tuple[np.ndarray, np.ndarray] | None:
+    """The validation queries (drawn from the database, never the protocol's queries) and
+    the seeded sample of the rest of the database they are ranked against; None without
+    labels or validation queries."""
     if data.dataset.labels is None or len(data.split.validation) == 0:
         return None
     rest = np.setdiff1d(data.split.database, data.split.validation)
     rng = np.random.default_rng(config.seed)
     if len(rest) > config.validation_database_size:
         rest = np.sort(rng.choice(rest, config.validation_database_size, replace=False))
+    return data.split.validation, rest
+
+
+def validation_callback(data: RunData, config: TrainConfig) -> RetrievalEvaluation | None:
+    """`val_map` of the validation queries against their sample of the database."""
+    sets = validation_sets(data, config)
+    if sets is None:
+        return None
     return RetrievalEvaluation(
         data.dataset,
-        data.split.validation,
-        rest,
+        *sets,
         top_k=data.top_k,
         every=config.eval_every,
         batch_size=config.encode_batch_size,

@@ -28,6 +28,7 @@ from harr_tf.config import TrainConfig
 from harr_tf.distribute import is_chief, synchronize_batch_norm, work_around_keras_multi_worker
 from harr_tf.frozen import (
     FrozenFeatures,
+    better_head,
     feature_stream,
     head_encoder,
     pixel_encoder,
@@ -206,5 +207,6 @@ def train_code_length(
             + "; lower --learning-rate or the loss weights and run again with --resume."
         )
     if frozen is not None:
-        return pixel_encoder(frozen.backbone, model.encoder), seconds
+        head = better_head(model.encoder, frozen, data, config, progress=verbose > 0)
+        return pixel_encoder(frozen.backbone, head), seconds
     return model.encoder, seconds

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import keras
 import numpy as np
@@ -17,7 +18,15 @@ from PIL import Image
 from harr_tf.baselines import hash_codes, train_hasher
 from harr_tf.config import ModelConfig, TrainConfig, WTAConfig
 from harr_tf.data import load_dataset
-from harr_tf.frozen import feature_stream, head_codes, head_encoder, start_from_itq
+from harr_tf.frozen import (
+    FrozenFeatures,
+    better_head,
+    feature_stream,
+    head_codes,
+    head_encoder,
+    start_from_itq,
+    validation_map,
+)
 from harr_tf.wta import encode_wta
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -66,6 +75,34 @@ def test_the_head_starts_where_itq_ends():
     np.testing.assert_array_equal(head_codes(encoder, features, continuous=False), itq)
 
 
+def test_the_head_ends_no_worse_than_its_itq_start_on_validation(tmp_path):
+    """A head that training led astray (here: random weights) gives way to its ITQ
+    start, judged on validation queries drawn from the database, never the queries."""
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(3), 60)
+    features = (rng.normal(size=(3, 32))[labels] + 0.5 * rng.normal(size=(180, 32))).astype("f4")
+    validation = np.concatenate([np.flatnonzero(labels == c)[:5] for c in range(3)])
+    split = SimpleNamespace(database=np.arange(180), validation=np.sort(validation))
+    data = SimpleNamespace(dataset=SimpleNamespace(labels=labels), split=split, top_k=None)
+    train = features[::2]
+    frozen = FrozenFeatures(None, ("a",), train, train[None, None], 8, str(tmp_path))
+    frozen.evaluated["database"] = features
+    config = TrainConfig()
+    astray = head_encoder(32, 8)
+    astray.get_layer("hash_head").dense.set_weights(
+        [rng.normal(size=(32, 8)).astype("f4"), np.zeros(8, "f4")]
+    )
+    kept = better_head(astray, frozen, data, config, progress=False)
+    assert kept is not astray
+    itq_map = validation_map(kept, frozen, data, config, progress=False)
+    assert itq_map > validation_map(astray, frozen, data, config, progress=False)
+    start = head_encoder(32, 8)
+    start_from_itq(start, train, config.seed)
+    assert validation_map(start, frozen, data, config, progress=False) == itq_map
+    # A trained head at least as good is kept.
+    assert better_head(start, frozen, data, config, progress=False) is start
+
+
 def test_the_feature_stream_is_a_function_of_seed_and_step():
     rng = np.random.default_rng(0)
     views = rng.normal(size=(2, 3, 50, 8)).astype(np.float16)
@@ -112,6 +149,7 @@ def test_a_frozen_run_exports_the_backbone_with_its_head_and_resumes(colour_fold
     run_dir = tmp_path / "run"
     result = train("--dataset", colour_folder, *LITE0, *SMALL, "--run-dir", str(run_dir))
     assert "student: the hash head on the frozen efficientnet_lite0" in result.stderr
+    assert "16-bit head: val_map" in result.stderr
     metrics = json.loads((run_dir / "metrics.json").read_text())
     for method in ("itq", "itq_features", "pcah_features", "exact_cosine"):
         assert 0.0 < metrics["baselines"][method]["16"] <= 1.0
