@@ -30,7 +30,7 @@ _PUBLIC = {
     "Run": "harr_tf.trained_run",
     "Codes": "harr_tf.codes",
     "HammingIndex": "harr_tf.index",
-    "INDEX_KINDS": "harr_tf.index_kinds",
+    "INDEX_KINDS": "harr_tf.faiss_index_kinds",
     "export": "serving.export",
 }
 

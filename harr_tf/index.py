@@ -2,7 +2,7 @@
 
 Codes are packed in numpy `packbits` order (DESIGN §2.5); FAISS compares them by the
 popcount of their XOR, so the bit order inside a byte does not change any distance.
-Four kinds (`harr_tf.index_kinds`): `flat` is exact; `ivf`, `hnsw` and `multihash` are
+Four kinds (`harr_tf.faiss_index_kinds`): `flat` is exact; `ivf`, `hnsw` and `multihash` are
 approximate (`multihash` is exact up to its `exact_radius`).
 
 The index and its ids are one file (`harr_tf.index_file`), written whole by one writer
@@ -20,9 +20,9 @@ import faiss
 import numpy as np
 from tqdm import tqdm
 
+from harr_tf.faiss_index_kinds import check_kind, new_faiss_index, search_option_holder
 from harr_tf.index_checks import check_build, check_ids, check_packed, search_overrides
 from harr_tf.index_file import read_index_file, write_index_file
-from harr_tf.index_kinds import check_kind, new_faiss_index, search_option_holder
 from harr_tf.locks import exclusive
 
 _ADD_CHUNK = 65536

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from harr_tf.index_kinds import KIND_OPTIONS
+from harr_tf.faiss_index_kinds import KIND_OPTIONS
 
 
 def check_packed(packed: np.ndarray, name: str) -> np.ndarray:

@@ -1,7 +1,7 @@
 """`HammingIndex`'s twin over a PostgreSQL table: pgvector's `bit(n)` codes, ranked by `<~>`.
 
 The same methods, arguments, answers and errors as the FAISS index, so the search command,
-the page and `serving.nearest` take either: `build` then `save(uri)` writes a table whole
+the page and `serving.ranking` take either: `build` then `save(uri)` writes a table whole
 (an existing table of codes is replaced in one transaction), `load(uri)` opens it, and
 `add` / `remove` commit at once, so several writers can share one table
 (`harr_tf.postgres_writes`). Positions index `ids`, the table's ids in insertion order;
@@ -25,9 +25,9 @@ import psycopg
 
 from harr_tf import postgres_rows as rows_sql
 from harr_tf import postgres_table as tables
+from harr_tf.faiss_index_kinds import KIND_OPTIONS
 from harr_tf.index import HammingIndex
 from harr_tf.index_checks import check_build, search_overrides
-from harr_tf.index_kinds import KIND_OPTIONS
 from harr_tf.postgres_location import TableLocation, connect, is_database_uri, one_line, redacted
 from harr_tf.postgres_table import TableInfo
 from harr_tf.postgres_writes import SharedTableWrites

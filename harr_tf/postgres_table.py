@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import psycopg
 from psycopg import sql
 
-from harr_tf.index_kinds import KIND_OPTIONS, default_nlist
+from harr_tf.faiss_index_kinds import KIND_OPTIONS, default_nlist
 from harr_tf.postgres_location import TableLocation, one_line, redacted
 
 CATALOG = "harr_tf_indexes"

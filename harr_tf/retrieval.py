@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from harr_tf.retrieval_inputs import check_inputs, check_ns, check_top_k
+from harr_tf.retrieval_checks import check_inputs, check_ns, check_top_k
 
 DEFAULT_NS = (1, 10, 100, 500, 1000, 2000, 5000)
 _CHUNK_BYTES = 64 * 2**20

@@ -73,10 +73,10 @@ def create_app(
     """The Flask app of the page and its API over `index`, encoding uploads with `client`
     (a `serving.client.ServingClient`); thumbnails are made from the files under `images`.
     With `rerank`, an upload's top `rerank` by Hamming distance are re-ranked by its
-    continuous code (see `serving.nearest`). Uploads declaring more than `max_pixels`
+    continuous code (see `serving.ranking`). Uploads declaring more than `max_pixels`
     pixels are refused from their header."""
     from serving.client import RequestFailed
-    from serving.nearest import nearest
+    from serving.ranking import nearest
 
     app = flask.Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = max_upload_bytes

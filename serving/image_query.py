@@ -9,11 +9,11 @@ import json
 import sys
 from pathlib import Path
 
+from harr_tf.faiss_index_kinds import KIND_OPTIONS
 from harr_tf.index import HammingIndex
-from harr_tf.index_kinds import KIND_OPTIONS
 from harr_tf.postgres_index import index_class
 from harr_tf.postgres_location import redacted
-from serving.nearest import nearest
+from serving.ranking import nearest
 
 _QUERY_BATCH = 64
 _SEARCH_OPTIONS = ("nprobe", "ef_search", "nflip")

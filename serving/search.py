@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import argparse
 
-from harr_tf.index_kinds import INDEX_KINDS
+from harr_tf.faiss_index_kinds import INDEX_KINDS
 from harr_tf.quiet import quiet_tensorflow
 from serving.cli import add_endpoint_arguments, add_retry_arguments, add_verbose_argument, positive
 from serving.image_query import query

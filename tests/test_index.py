@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
+from harr_tf.faiss_index_kinds import default_nlist
 from harr_tf.index import HammingIndex
-from harr_tf.index_kinds import default_nlist
 from harr_tf.retrieval import hamming_distances
 
 
