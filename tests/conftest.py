@@ -1,4 +1,5 @@
-"""Shared test setup: quiet TensorFlow, and the real-data skip rule."""
+"""Shared test setup: quiet TensorFlow, the real-data skip rule, and the `slow` marker of
+every test that needs a model server or a database."""
 
 import os
 
@@ -8,6 +9,17 @@ import pytest  # noqa: E402
 
 # The serving fixtures (tests/serving_support.py), a PostgreSQL server (postgres_server.py).
 pytest_plugins = ["serving_support", "postgres_server"]
+
+# Fixtures that start a process: `python -m serving.server`, PostgreSQL. A test using one,
+# directly or through another fixture, is slow (`pytest -m "not slow"` leaves it out).
+SLOW_FIXTURES = {"serving_process", "grpc_server", "postgres"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if SLOW_FIXTURES.intersection(item.fixturenames):
+            item.add_marker(pytest.mark.slow)
+
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 

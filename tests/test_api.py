@@ -34,6 +34,7 @@ def documented_example() -> str:
     return blocks[0]
 
 
+@pytest.mark.slow
 def test_the_documented_example_runs(tmp_path):
     require_fashion_mnist()
     environment = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}

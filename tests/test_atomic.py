@@ -153,6 +153,7 @@ def test_a_full_disk_is_enospc_and_keeps_what_was_written(small_disk):
     assert sorted(os.listdir(small_disk)) == ["filler", "metrics.json"]
 
 
+@pytest.mark.slow
 def test_a_checkpoint_on_a_full_disk_is_enospc_not_a_crash(small_disk):
     # In a child process: were the check missing, h5py would crash it (segfault).
     script = f"""

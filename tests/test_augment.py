@@ -66,6 +66,7 @@ def test_views_shapes_range_and_difference(shape):
     assert not np.allclose(batch["a"], originals)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shape", [(16, 16, 1), (20, 20, 3)])
 def test_same_seed_same_views_other_seed_other_views(shape):
     pixels = images(shape)
@@ -133,6 +134,7 @@ def test_each_pass_visits_every_image_once_and_reshuffles():
     assert not np.array_equal(first, second)
 
 
+@pytest.mark.slow
 def test_resume_continues_the_same_stream_with_the_same_views():
     pixels = images((12, 12, 3), count=40)
     whole = stream(pixels, seed=5, batches=4)

@@ -107,6 +107,7 @@ def test_itq_rotation_converges_like_the_reference_algorithm():
     assert errors[0] >= errors[1] >= errors[2]
 
 
+@pytest.mark.slow
 def test_itq_on_real_fashion_mnist_matches_the_reference_algorithm():
     from harr_tf.data import load_dataset, make_split
     from harr_tf.retrieval import mean_average_precision

@@ -37,6 +37,7 @@ def uneven(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_uneven_classes_train_and_evaluate_end_to_end(uneven, tmp_path, caplog, monkeypatch):
     config = TrainConfig(
         dataset=f"folder:{uneven}",
@@ -163,6 +164,7 @@ def test_truncated_files_are_skipped_and_jpeg_tails_kept(tmp_path, caplog):
     assert pixels.shape == (3, 12, 16, 3)
 
 
+@pytest.mark.slow
 def test_a_sequential_source_trains_through_its_shuffle_buffer(uneven, tmp_path):
     from harr_tf.data.augment import ViewAugmenter
     from harr_tf.data.pipeline import training_dataset

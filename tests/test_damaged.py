@@ -131,6 +131,7 @@ def test_convert_leaves_damaged_images_out_and_names_them(folder, tmp_path, capl
     assert len(dataset.damaged) == 0
 
 
+@pytest.mark.slow
 def test_train_on_a_folder_with_a_damaged_image_names_it_at_the_end(folder, tmp_path):
     run_dir = tmp_path / "run"
     args = ["--dataset", f"folder:{folder}", "--bits", "8", "--epochs", "1"]

@@ -18,6 +18,7 @@ HELPER = os.path.join(os.path.dirname(__file__), "distributed_step.py")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.mark.slow
 def test_two_replicas_step_like_one_device_on_the_global_batch():
     # Two logical CPU devices must be made before TF starts: a process of its own.
     env = {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "3"}

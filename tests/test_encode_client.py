@@ -183,6 +183,7 @@ def test_a_failed_request_stops_encoding_with_one_line_and_exit_1(capsys):
     )
 
 
+@pytest.mark.slow
 def test_server_killed_and_restarted_mid_run(
     exported_base, collection, tmp_path, monkeypatch, caplog
 ):

@@ -56,6 +56,7 @@ def tensor_info(block: str, kind: str, name: str) -> tuple[str, str]:
     return found.groups()
 
 
+@pytest.mark.slow
 def test_saved_model_cli_shows_both_signatures(exported_base):
     cli = Path(sys.executable).with_name("saved_model_cli")
     shown = subprocess.run(
@@ -146,6 +147,7 @@ def test_tf1_session_loader_gives_the_in_memory_codes(served_model):
 CLI_BATCHES = (0, 1, 64)
 
 
+@pytest.mark.slow
 def test_saved_model_cli_run_gives_the_in_memory_codes(
     encoder, exported_base, colour_model, tmp_path
 ):

@@ -106,6 +106,7 @@ def test_a_header_over_the_budget_fails_the_check_naming_its_size(name):
     assert int(checked(encoded("PNG", 6000, 6000, "L"))) == 1  # 36 MP passes
 
 
+@pytest.mark.slow
 def test_gif_frames_count_and_a_gif_of_too_many_blocks_is_refused():
     frames = [Image.new("L", (80, 60), shade) for shade in range(0, 70, 10)]
     buffer = io.BytesIO()

@@ -165,6 +165,7 @@ CEILINGS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backbone", sorted(CEILINGS))
 def test_each_backbone_stays_under_its_memory_ceiling(photos, backbone):
     ceiling = CEILINGS[backbone]

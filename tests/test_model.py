@@ -202,6 +202,7 @@ def test_mixed_precision_step_updates_the_weights_like_float32(restore_policy, p
     assert abs(norm - 1.0) < tolerance and cosine > 1.0 - tolerance
 
 
+@pytest.mark.slow
 def test_xla_compiled_step_updates_the_weights_like_the_graph_step():
     """On a single GPU Keras compiles `train_step` with XLA by default (jit_compile
     "auto"); the compiled step must train exactly as the CPU's graph step does."""

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import test_train
 from test_train import ROOT, SMALL
 
@@ -78,6 +79,7 @@ def epochs_logged(run_dir) -> list[list[int]]:
     return runs
 
 
+@pytest.mark.slow
 def test_killed_workers_resume_from_the_chiefs_checkpoint(subset, tmp_path):
     run_dir, logs = tmp_path / "run", tmp_path
     processes = start_workers(run_dir, logs, "first", "--dataset", subset, *RUN, *SMALL)

@@ -82,6 +82,7 @@ def test_the_learning_rate_is_a_cosine_over_the_epochs(tmp_path, monkeypatch):
     np.testing.assert_allclose(rates, expected, rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_pretraining_writes_weights_the_backbone_loads(subset, tmp_path):
     out = tmp_path / "pre"
     args = ["--dataset", subset, "--epochs", "2", "--steps-per-epoch", "2", *SMALL]
@@ -99,6 +100,7 @@ def test_pretraining_writes_weights_the_backbone_loads(subset, tmp_path):
     assert "Traceback" not in other.stderr
 
 
+@pytest.mark.slow
 def test_a_killed_pretraining_resumes_from_its_last_epoch(subset, tmp_path):
     out = tmp_path / "pre"
     args = [
@@ -139,6 +141,7 @@ def test_a_killed_pretraining_resumes_from_its_last_epoch(subset, tmp_path):
     assert not any(leftover.exists() for leftover in leftovers)
 
 
+@pytest.mark.slow
 def test_a_second_pretraining_into_the_same_directory_stops_naming_the_first(subset, tmp_path):
     out = tmp_path / "pre"
     args = ["--dataset", subset, "--epochs", "50", "--steps-per-epoch", "6", *SMALL]
@@ -162,6 +165,7 @@ def test_a_second_pretraining_into_the_same_directory_stops_naming_the_first(sub
     assert f"in use by process {first.pid}" in second.stderr.strip().splitlines()[-1]
 
 
+@pytest.mark.slow
 def test_train_refuses_weights_pretrained_at_another_image_size(subset, tmp_path):
     out = tmp_path / "pre"
     args = ["--dataset", subset, "--epochs", "1", "--steps-per-epoch", "1", *SMALL]
@@ -182,6 +186,7 @@ def test_train_refuses_weights_pretrained_at_another_image_size(subset, tmp_path
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_pretrained_weights_teach_and_start_the_student_or_not(subset, tmp_path):
     """`train.py --weights FILE --wta-features backbone`: the WTA codes are the pretrained
     backbone's, computed directly here; `--init-from-teacher` decides whether the student

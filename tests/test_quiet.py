@@ -23,6 +23,7 @@ def run(mode: str, **env) -> subprocess.CompletedProcess:
     return subprocess.run(command, capture_output=True, text=True, env=environment, timeout=120)
 
 
+@pytest.mark.slow
 def test_start_up_lines_are_silenced_unless_verbose():
     noisy = run("verbose")
     assert noisy.returncode == 0 and noisy.stdout.strip() == "result"
@@ -35,6 +36,7 @@ def test_start_up_lines_are_silenced_unless_verbose():
     assert run("quiet", TF_CPP_MIN_LOG_LEVEL="0").stderr.strip() != ""
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("command", "line"),
     [

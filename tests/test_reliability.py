@@ -62,6 +62,7 @@ def last_line(text: str) -> str:
     return text.strip().splitlines()[-1]
 
 
+@pytest.mark.slow
 def test_one_writer_per_run_directory_and_sigterm_keeps_a_resumable_run(subset, tmp_path):
     run_dir = tmp_path / "run"
     args = ["--dataset", subset, "--epochs", "100", "--steps-per-epoch", "3", *SMALL]
@@ -99,6 +100,7 @@ def test_one_writer_per_run_directory_and_sigterm_keeps_a_resumable_run(subset, 
     assert "8" in json.loads((run_dir / "metrics.json").read_text())["results"]
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_with_one_line_and_keeps_the_checkpoint(subset, tmp_path):
     run_dir = tmp_path / "run"
     args = ["--dataset", subset, "--epochs", "100", "--steps-per-epoch", "3", *SMALL]
@@ -119,6 +121,7 @@ def test_ctrl_c_stops_with_one_line_and_keeps_the_checkpoint(subset, tmp_path):
     assert not [name for name in os.listdir(run_dir / "bits_8" / "checkpoint") if ".tmp" in name]
 
 
+@pytest.mark.slow
 def test_a_start_refused_for_its_batch_size_writes_nothing(subset, tmp_path):
     run_dir = tmp_path / "run"
     args = ["--dataset", subset, "--epochs", "1", *SMALL, "--batch-size", "500"]
@@ -128,6 +131,7 @@ def test_a_start_refused_for_its_batch_size_writes_nothing(subset, tmp_path):
     assert sorted(os.listdir(run_dir)) == [".lock"]  # nothing that blocks the corrected rerun
 
 
+@pytest.mark.slow
 def test_a_diverged_run_resumes_with_a_lower_learning_rate(subset, tmp_path):
     run_dir = tmp_path / "run"
     args = ["--dataset", subset, "--epochs", "2", "--steps-per-epoch", "3", *SMALL]
@@ -138,6 +142,7 @@ def test_a_diverged_run_resumes_with_a_lower_learning_rate(subset, tmp_path):
     assert yaml.safe_load((run_dir / "config.yaml").read_text())["learning_rate"] == 0.05
 
 
+@pytest.mark.slow
 def test_a_full_disk_is_one_line_and_loses_nothing(subset, tmp_path):
     disk = mount_tmpfs(tmp_path / "disk", "12m")  # below the checkpoint's free-space margin
     try:
@@ -168,6 +173,7 @@ def weights(path) -> dict:
     return arrays
 
 
+@pytest.mark.slow
 def test_the_same_seed_gives_the_same_codes_bit_for_bit(subset, tmp_path):
     args = ["--dataset", subset, "--epochs", "2", "--steps-per-epoch", "3", *SMALL]
     first, second = tmp_path / "first", tmp_path / "second"

@@ -147,6 +147,7 @@ def test_training_length_in_steps_or_epochs():
         TrainConfig(epochs=2, steps=10)
 
 
+@pytest.mark.slow
 def test_several_steps_per_execution_train_like_one(tmp_path):
     """`--steps-per-execution 4` runs the same steps as one step per call: the same
     weights at the end. An epoch that is not whole calls is refused (Keras would run

@@ -43,6 +43,8 @@ from serving.model_config import add_model_to_config
 from serving.server import GRPC_OPTIONS
 from serving.signatures import EncoderServingGraph
 
+pytestmark = pytest.mark.slow  # every test runs a server process
+
 State = get_model_status_pb2.ModelVersionStatus.State
 
 

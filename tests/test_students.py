@@ -145,6 +145,7 @@ def test_pretrained_backbones_default_to_the_frozen_student():
     assert distilled.trained_backbone == "small_cnn" and distilled.student_weights == "none"
 
 
+@pytest.mark.slow
 def test_a_frozen_run_exports_the_backbone_with_its_head_and_resumes(colour_folder, tmp_path):
     run_dir = tmp_path / "run"
     result = train("--dataset", colour_folder, *LITE0, *SMALL, "--run-dir", str(run_dir))
@@ -177,6 +178,7 @@ def test_a_frozen_run_exports_the_backbone_with_its_head_and_resumes(colour_fold
     assert resumed["map"] == metrics["results"]["16"]["map"]
 
 
+@pytest.mark.slow
 def test_a_distilled_run_trains_small_cnn_from_the_teachers_structure(colour_folder, tmp_path):
     run_dir = tmp_path / "run"
     result = train(

@@ -39,6 +39,7 @@ def test_help_lists_every_flag():
         assert flag in out
 
 
+@pytest.mark.slow
 def test_short_run_writes_the_run_directory(subset, tmp_path):
     run_dir = tmp_path / "run"
     result = train(
@@ -76,6 +77,7 @@ def test_short_run_writes_the_run_directory(subset, tmp_path):
     assert "HARR" in result.stdout and "HARR-AS" in result.stdout and "ITQ" in result.stdout
 
 
+@pytest.mark.slow
 def test_resume_after_kill_continues_from_the_last_epoch(subset, tmp_path):
     run_dir = tmp_path / "run"
     args = ["--dataset", subset, "--bits", "8", "--epochs", "3", "--steps-per-epoch", "40"]
@@ -104,6 +106,7 @@ def test_resume_after_kill_continues_from_the_last_epoch(subset, tmp_path):
         assert "8" in json.load(f)["results"]
 
 
+@pytest.mark.slow
 def test_a_diverging_run_stops_naming_the_epoch_and_writes_no_bad_checkpoint(subset, tmp_path):
     run_dir = tmp_path / "run"
     args = ["--dataset", subset, "--bits", "8", "--epochs", "2", "--steps-per-epoch", "3"]
@@ -114,6 +117,7 @@ def test_a_diverging_run_stops_naming_the_epoch_and_writes_no_bad_checkpoint(sub
     assert not (run_dir / "bits_8" / "checkpoint" / "latest.weights.h5").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -131,6 +135,7 @@ def test_bad_input_gets_one_clear_error(args, message, tmp_path):
     assert message in result.stderr
 
 
+@pytest.mark.slow
 def test_mirrored_mixed_precision_run_trains_and_evaluates(subset, tmp_path):
     run_dir = tmp_path / "run"
     args = ["--dataset", subset, "--bits", "8", "--epochs", "1", "--steps-per-epoch", "2"]
@@ -149,6 +154,7 @@ def test_mirrored_mixed_precision_run_trains_and_evaluates(subset, tmp_path):
     assert "HARR" in result.stdout
 
 
+@pytest.mark.slow
 def test_multi_worker_without_tf_config_is_one_line(subset, tmp_path, monkeypatch):
     monkeypatch.delenv("TF_CONFIG", raising=False)
     args = ["--dataset", subset, "--run-dir", str(tmp_path / "run"), "--distribute"]

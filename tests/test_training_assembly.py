@@ -41,6 +41,7 @@ def one_trial_search(hypermodel, directory):
     )
 
 
+@pytest.mark.slow
 def test_a_trial_refreshes_the_wta_structure(subset, tmp_path, monkeypatch):
     refreshed = []
     original = WTARefresh.refresh
@@ -62,6 +63,7 @@ def test_a_trial_refreshes_the_wta_structure(subset, tmp_path, monkeypatch):
     assert (before != after).any()
 
 
+@pytest.mark.slow
 def test_a_trial_checkpoints_into_its_directory_and_resumes_from_it(subset, tmp_path):
     begun = []
 

@@ -91,6 +91,7 @@ def test_build_defaults_are_train_py_defaults(subset):
     assert np.isclose(learning_rate, defaults.learning_rate)
 
 
+@pytest.mark.slow
 def test_fixed_values_reach_the_model_and_fit(subset):
     fixed = {
         "temperature": 0.2,
@@ -179,6 +180,7 @@ def test_bad_flags_get_a_clear_error(args, message):
     assert result.returncode != 0 and message in result.stderr
 
 
+@pytest.mark.slow
 def test_unknown_hyperparameter_in_config_file(subset, tmp_path):
     config = write_config(tmp_path / "space.yaml", {"eta": 1.0})
     result = search(
@@ -187,6 +189,7 @@ def test_unknown_hyperparameter_in_config_file(subset, tmp_path):
     assert result.returncode != 0 and "Unknown hyperparameter(s) ['eta']" in result.stderr
 
 
+@pytest.mark.slow
 def test_search_end_to_end_with_a_diverging_trial(subset, tmp_path):
     # Everything fixed but the learning rate, so the two trials are exactly its two values.
     space = {
@@ -222,6 +225,7 @@ def test_search_end_to_end_with_a_diverging_trial(subset, tmp_path):
         assert any(b"hparams" in pathlib.Path(path).read_bytes() for path in events), trial_id
 
 
+@pytest.mark.slow
 def test_an_interrupted_search_resumes(subset, tmp_path):
     config = write_config(tmp_path / "space.yaml", {**TINY_SPACE, "learning_rate": 0.02})
     out = tmp_path / "search"

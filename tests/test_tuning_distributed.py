@@ -30,6 +30,7 @@ def tuner_env(port: int, tuner_id: str) -> dict:
     }
 
 
+@pytest.mark.slow
 def test_a_chief_and_two_workers_complete_every_trial(subset, tmp_path):
     config = write_config(tmp_path / "space.yaml", TINY_SPACE)
     out = tmp_path / "search"
