@@ -79,6 +79,7 @@ def finished_run(tmp_path_factory):
     return data, run_dir
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "flags, named",
     [
@@ -99,6 +100,7 @@ def test_resume_with_other_settings_is_refused_and_loses_nothing(finished_run, f
     assert {name: (run_dir / name).read_bytes() for name in files} == before
 
 
+@pytest.mark.slow
 def test_resume_with_more_epochs_is_accepted(finished_run):
     _, run_dir = finished_run
     result = train("--run-dir", str(run_dir), "--resume", "--epochs", "2", "--quiet")
@@ -106,6 +108,7 @@ def test_resume_with_more_epochs_is_accepted(finished_run):
     assert "epochs: 2" in (run_dir / "config.yaml").read_text()
 
 
+@pytest.mark.slow
 def test_an_unwritable_run_directory_is_refused_before_training(finished_run, tmp_path):
     data, _ = finished_run
     blocker = tmp_path / "a_file"
