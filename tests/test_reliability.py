@@ -196,6 +196,7 @@ def test_the_same_seed_gives_the_same_codes_bit_for_bit(subset, tmp_path):
     assert maps[0]["map"] == maps[1]["map"]
 
 
+@pytest.mark.slow
 def test_an_image_size_over_the_pixel_budget_is_one_line_before_any_allocation(tmp_path):
     result = train("--image-size", "10000", "--run-dir", str(tmp_path / "run"), check=False)
     assert result.returncode != 0 and "Traceback" not in result.stderr
@@ -229,6 +230,7 @@ def test_an_npz_with_an_object_array_is_an_error_naming_the_file(tmp_path):
     assert "Object arrays cannot be loaded" in str(error.value)
 
 
+@pytest.mark.slow
 def test_tfrecord_convert_refuses_zero_shards(tmp_path):
     command = [sys.executable, "-m", "harr_tf.data.tfrecord", "convert", "--input", str(tmp_path)]
     result = subprocess.run(
