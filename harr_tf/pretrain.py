@@ -2,7 +2,7 @@
 where no pretrained weights can be had (an offline machine, a domain ImageNet does not
 cover).
 
-    python -m harr_tf.pretrain --method barlow_twins --minutes 15 --out runs/pre
+    python -m harr_tf.pretrain --method barlow_twins --minutes 15 --run-dir runs/pre
     python train.py --weights runs/pre/backbone.weights.h5 --wta-features backbone
 
 Trains `backbone → projector` on two views of each training image (HARR's views A and B)
@@ -23,6 +23,15 @@ import os
 import sys
 from typing import Any
 
+from harr_tf.config import TrainConfig, from_dict
+from harr_tf.flags import (
+    add_quiet,
+    add_run_dir,
+    add_settings,
+    add_verbose,
+    apply_settings,
+    command_name,
+)
 from harr_tf.pretrain_record import PRETRAIN_FILE
 
 WEIGHTS_FILE = "backbone.weights.h5"
@@ -31,44 +40,61 @@ METHODS = ("simclr", "barlow_twins", "vicreg")
 IDENTITY = ("dataset", "image_shape", "backbone", "width", "pooling", "method", "images")
 _RESUME = "The last epoch's checkpoint is kept: the same command resumes from it."
 
+# The TrainConfig settings pretraining takes: what it reads, at what size, with which network.
+PRETRAIN_SETTINGS = (
+    "dataset",
+    "data_dir",
+    "train_size",
+    "steps_per_epoch",
+    "image_size",
+    "seed",
+    "model.backbone",
+    "model.width",
+    "model.pooling",
+)
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m harr_tf.pretrain",
+        prog=command_name("harr_tf.pretrain"),
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add = parser.add_argument
-    add("--dataset", default="fashion_mnist", help="dataset spec, as for train.py")
-    add("--data-dir", help="local IDX directory for fashion_mnist/mnist")
-    add("--method", choices=METHODS, default="barlow_twins", help="self-supervised loss")
+    add_settings(parser, PRETRAIN_SETTINGS)
+    add(
+        "--method",
+        choices=METHODS,
+        default="barlow_twins",
+        help="self-supervised loss (default: %(default)s)",
+    )
     budget = parser.add_mutually_exclusive_group()
     budget.add_argument("--minutes", type=float, help="train for this long (wall time, in all)")
-    budget.add_argument("--epochs", type=int, help="train for this many epochs")
-    add("--steps-per-epoch", type=int, help="batches per epoch (default: one pass)")
-    add("--train-size", type=int, help="training images (default: the protocol's)")
+    add_settings(budget, ["epochs"], notes={"epochs": "or --minutes"})
     add(
         "--images",
         choices=("train", "database"),
         default="train",
         help="the protocol's training split, or every database image (never the queries)",
     )
-    add("--out", required=True, help="run directory; a killed run resumes with the same command")
-    add("--backbone", default="small_cnn", help="small_cnn | vgg16 | resnet50 | efficientnetb0")
-    add("--width", type=int, default=16, help="small_cnn channels of the first stage")
-    add("--pooling", default="grid", help="small_cnn pooling: grid | global")
-    add("--image-size", type=int, help="side the network sees (default: as train.py)")
-    add("--projector-dim", type=int, default=512, help="width of the projector's layers")
-    add("--batch-size", type=int, default=256, help="images per batch")
+    add_run_dir(parser, "a stopped pretraining resumes with the same command", required=True)
     add(
-        "--learning-rate",
-        type=float,
-        help="SGD learning rate, cosine-decayed to 0 over the budget (default: 0.05; vicreg "
-        "0.005, whose loss is ~25x larger and diverged at 0.05)",
+        "--projector-dim",
+        type=int,
+        default=512,
+        help="width of the projector's layers (default: %(default)s)",
     )
-    add("--seed", type=int, default=0, help="seed of the split, views and weights")
-    add("--quiet", action="store_true", help="no progress bars")
-    add("--verbose", action="store_true", help="keep TensorFlow's start-up log lines")
+    add_settings(
+        parser,
+        ["batch_size", "learning_rate"],
+        defaults={"batch_size": 256},
+        notes={
+            "learning_rate": "vicreg's default is 0.005 (its loss is ~25x larger and "
+            "diverged at 0.05)"
+        },
+    )
+    add_quiet(parser)
+    add_verbose(parser)
     args = parser.parse_args(argv)
     if args.minutes is None and args.epochs is None:
         parser.error("give the budget: --minutes M or --epochs E")
@@ -76,7 +102,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--minutes must be > 0 and finite. Received: {args.minutes:g}")
     for name in ("epochs", "steps_per_epoch", "train_size", "batch_size", "projector_dim"):
         value = getattr(args, name)
-        if value is not None and value < 1:
+        if isinstance(value, int) and value < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1. Received: {value}")
     if args.learning_rate is None:
         args.learning_rate = 0.005 if args.method == "vicreg" else 0.05
@@ -119,62 +145,54 @@ def check_identity(path: str, identity: dict) -> None:
     if changed:
         details = ", ".join(f"{k}: {saved.get(k)!r} -> {identity.get(k)!r}" for k in changed)
         raise SystemExit(
-            f"{path} belongs to another pretraining ({details}); use another --out, or the "
+            f"{path} belongs to another pretraining ({details}); use another --run-dir, or the "
             "flags it was started with."
         )
 
 
-def run(args: argparse.Namespace) -> str:
-    """Pretrains (or resumes) in `args.out`; returns the path of the backbone's weights."""
+def run(args: argparse.Namespace, config: TrainConfig) -> str:
+    """Pretrains (or resumes) in `args.run_dir` on `config`'s data, at its image size,
+    with its network; returns the path of the backbone's weights."""
     import keras
     import yaml
 
     from harr_tf.atomic import atomic_path, write_text_atomically
     from harr_tf.backbones import build_backbone
     from harr_tf.callbacks import LastGoodCheckpoint, checkpoint_bytes
-    from harr_tf.config import ModelConfig, TrainConfig
     from harr_tf.data.augment import ViewAugmenter
     from harr_tf.data.pipeline import training_dataset
     from harr_tf.pretrain_model import PretrainBudget
     from harr_tf.run_data import load_run_data
 
-    model_config = ModelConfig(backbone=args.backbone, width=args.width, pooling=args.pooling)
-    config = TrainConfig(
-        dataset=args.dataset,
-        data_dir=args.data_dir,
-        train_size=args.train_size,
-        image_size=args.image_size,
-        seed=args.seed,
-        model=model_config,
-    )
     data = load_run_data(config)
     indices = data.split.train if args.images == "train" else data.split.database
     shape = tuple(int(d) for d in data.dataset.image_shape)
     identity = {
-        "dataset": args.dataset,
+        "dataset": config.dataset,
         "image_shape": list(shape),
-        "backbone": args.backbone,
-        "width": args.width,
-        "pooling": args.pooling,
+        "backbone": config.model.backbone,
+        "width": config.model.width,
+        "pooling": config.model.pooling,
         "method": args.method,
         "images": args.images,
     }
-    os.makedirs(args.out, exist_ok=True)
-    lock_directory(args.out)
-    described = os.path.join(args.out, PRETRAIN_FILE)
+    os.makedirs(args.run_dir, exist_ok=True)
+    lock_directory(args.run_dir)
+    described = os.path.join(args.run_dir, PRETRAIN_FILE)
     check_identity(described, identity)
-    weights = os.path.join(args.out, WEIGHTS_FILE)
+    weights = os.path.join(args.run_dir, WEIGHTS_FILE)
     if os.path.exists(weights):
-        logging.getLogger("harr_tf").info("%s is finished: %s", args.out, weights)
+        logging.getLogger("harr_tf").info("%s is finished: %s", args.run_dir, weights)
         return weights
-    write_text_atomically(described, yaml.safe_dump({**identity, "seed": args.seed}))
+    write_text_atomically(described, yaml.safe_dump({**identity, "seed": config.seed}))
 
-    keras.utils.set_random_seed(args.seed)
-    backbone = build_backbone(args.backbone, shape, "none", args.width, args.pooling)
+    keras.utils.set_random_seed(config.seed)
+    network = config.model
+    backbone = build_backbone(network.backbone, shape, "none", network.width, network.pooling)
     model = make_model(backbone, args.projector_dim, args.method)
-    steps = args.steps_per_epoch or max(1, len(indices) // args.batch_size)
+    steps = config.steps_per_epoch or max(1, len(indices) // args.batch_size)
     budget = PretrainBudget(
-        os.path.join(args.out, "progress.json"),
+        os.path.join(args.run_dir, "progress.json"),
         args.learning_rate,
         minutes=args.minutes,
         epochs=args.epochs,
@@ -182,11 +200,11 @@ def run(args: argparse.Namespace) -> str:
     model.compile(
         optimizer=keras.optimizers.SGD(budget.learning_rate, momentum=0.9, weight_decay=1e-5)
     )
-    augmenter = ViewAugmenter(shape, seed=args.seed, views=("a", "b"))
-    backup = os.path.join(args.out, "backup")
+    augmenter = ViewAugmenter(shape, seed=config.seed, views=("a", "b"))
+    backup = os.path.join(args.run_dir, "backup")
     done = LastGoodCheckpoint.completed_epochs(backup)
     stream = training_dataset(
-        data.dataset, indices, augmenter, args.batch_size, seed=args.seed, start_step=done * steps
+        data.dataset, indices, augmenter, args.batch_size, seed=config.seed, start_step=done * steps
     )
     history = model.fit(
         stream,
@@ -195,7 +213,7 @@ def run(args: argparse.Namespace) -> str:
         callbacks=[
             LastGoodCheckpoint(backup),
             budget,  # before TensorBoard, which then logs the learning rate it set
-            keras.callbacks.TensorBoard(os.path.join(args.out, "logs")),
+            keras.callbacks.TensorBoard(os.path.join(args.run_dir, "logs")),
             keras.callbacks.TerminateOnNaN(),
         ],
         shuffle=False,  # the stream shuffles itself
@@ -205,23 +223,23 @@ def run(args: argparse.Namespace) -> str:
     if losses and not math.isfinite(losses[-1]):
         raise ValueError(
             f"The {args.method} loss became NaN/inf; nothing was written as {WEIGHTS_FILE}. "
-            "Lower --learning-rate and run again with another --out."
+            "Lower --learning-rate and run again with another --run-dir."
         )
     with atomic_path(weights, checkpoint_bytes(backbone)) as temporary:
         backbone.save_weights(temporary)
     return weights
 
 
-def lock_directory(out: str) -> None:
-    """Makes this process the only one pretraining in `out` until it ends."""
+def lock_directory(run_dir: str) -> None:
+    """Makes this process the only one pretraining in `run_dir` until it ends."""
     from harr_tf.atomic import remove_leftovers
     from harr_tf.locks import LockHeld, exclusive
 
     try:
-        exclusive(out).acquire()
+        exclusive(run_dir).acquire()
     except LockHeld as held:
         raise SystemExit(f"{held} Wait for it to end, or stop it.") from None
-    remove_leftovers(out)
+    remove_leftovers(run_dir)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -234,7 +252,8 @@ def main(argv: list[str] | None = None) -> int:
 
     stop_on_sigterm()
     try:
-        weights = run(args)
+        config = from_dict(TrainConfig, apply_settings({}, args, PRETRAIN_SETTINGS))
+        weights = run(args, config)
     except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
@@ -242,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
         return stopped_exit_status(error, _RESUME)
     print(f"Pretrained backbone: {weights}")
     print(
-        f"Use it as the WTA teacher: python train.py --dataset {args.dataset} "
+        f"Use it as the WTA teacher: python train.py --dataset {config.dataset} "
         f"--weights {weights} --wta-features backbone"
     )
     return 0

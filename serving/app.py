@@ -40,9 +40,10 @@ from werkzeug.serving import make_server
 
 from harr_tf.config import MAX_IMAGE_PIXELS
 from harr_tf.data.image_header import TooManyPixels, check_pixels
+from harr_tf.flags import add_verbose, command_name, positive
 from harr_tf.index import HammingIndex
 from harr_tf.postgres_index import open_index
-from serving.cli import add_endpoint_arguments, add_verbose_argument, positive
+from serving.cli import add_endpoint_arguments
 
 _EXAMPLES = 24
 _THUMBNAIL_PIXELS = 128
@@ -179,7 +180,7 @@ def _thumbnail(path: str) -> bytes:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m serving.app",
+        prog=command_name("serving.app"),
         description="Serve a search page over an index: upload an image or click one of "
         "the collection, see its nearest images with their Hamming distances.",
     )
@@ -228,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
         help="uploads whose header declares more pixels are refused before decoding "
         "(default: %(default)s)",
     )
-    add_verbose_argument(parser)
+    add_verbose(parser)
     args = parser.parse_args(argv)
     from serving.client import RequestFailed, ServingClient
 

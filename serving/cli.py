@@ -1,27 +1,14 @@
-"""Arguments shared by the serving command lines."""
+"""The flags of the serving commands that talk to a server: its endpoint and retries.
+
+The flags every command spells alike (--run-dir, --verbose) and the `positive` type are
+in `harr_tf.flags`."""
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
 
+from harr_tf.flags import positive
 from serving import IMAGES_SIGNATURE
-
-
-def positive(kind: type, allow_zero: bool = False) -> Callable[[str], int | float]:
-    """An argparse type: `kind(text)`, which must be > 0 (or >= 0 with `allow_zero`)."""
-
-    def parse(text: str) -> int | float:
-        try:
-            value = kind(text)
-        except ValueError as err:
-            raise argparse.ArgumentTypeError(f"expected a number. Received: {text!r}") from err
-        if value < 0 or (value == 0 and not allow_zero):
-            bound = ">= 0" if allow_zero else "> 0"
-            raise argparse.ArgumentTypeError(f"must be {bound}. Received: {text}")
-        return value
-
-    return parse
 
 
 def add_endpoint_arguments(parser: argparse.ArgumentParser) -> None:
@@ -51,11 +38,4 @@ def add_retry_arguments(parser: argparse.ArgumentParser, deadline: float, retrie
         default=retries,
         help="retries of a request after UNAVAILABLE or DEADLINE_EXCEEDED, with exponential "
         f"backoff from 0.5 s up to 10 s (default: {retries})",
-    )
-
-
-def add_verbose_argument(parser: argparse.ArgumentParser) -> None:
-    """`--verbose`: keep TensorFlow's start-up lines, which a command silences (harr_tf.quiet)."""
-    parser.add_argument(
-        "--verbose", action="store_true", help="keep TensorFlow's start-up log lines"
     )

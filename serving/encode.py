@@ -31,8 +31,9 @@ from tqdm import tqdm
 
 from harr_tf.config import MAX_IMAGE_PIXELS
 from harr_tf.data.image_header import TooManyPixels, check_pixels
+from harr_tf.flags import add_verbose, command_name, positive
 from harr_tf.quiet import log_to_stderr
-from serving.cli import add_endpoint_arguments, add_retry_arguments, add_verbose_argument, positive
+from serving.cli import add_endpoint_arguments, add_retry_arguments
 from serving.client import RequestFailed, ServingClient, map_concurrently
 from serving.code_store import CodesOrigin, CodeStore, StoredCodes
 from serving.collection import INPUT_FORMS, Collection, open_collection
@@ -250,7 +251,7 @@ def _cannot_write(err: OSError, store: CodeStore) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m serving.encode",
+        prog=command_name("serving.encode"),
         description="Encode every image of a collection into binary codes through a "
         "TensorFlow Serving (or serving.server) gRPC endpoint.",
     )
@@ -298,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
         default=MAX_IMAGE_PIXELS,
         help="files whose header declares more pixels are skipped, unsent (default: %(default)s)",
     )
-    add_verbose_argument(parser)
+    add_verbose(parser)
     args = parser.parse_args(argv)
     log_to_stderr(logging.WARNING, "%(levelname)s %(message)s")
     # SIGTERM ends the run as Ctrl-C does: checkpoint what was received, then exit.

@@ -36,6 +36,7 @@ from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 from tqdm import tqdm
 
 from harr_tf.config import MAX_IMAGE_PIXELS, TrainConfig, to_dict
+from harr_tf.flags import add_run_dir, add_verbose, command_name, positive
 from harr_tf.trained_run import Run
 from serving import (
     IMAGES_INPUT,
@@ -45,7 +46,6 @@ from serving import (
     PIXELS_SIGNATURE,
     WARMUP_FILE,
 )
-from serving.cli import add_verbose_argument, positive
 from serving.layout import (
     next_version,
     remove_stale_staging,
@@ -215,12 +215,10 @@ def _check_export(directory: Path, encoder: keras.Model, shape: tuple[int, int, 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m serving.export",
+        prog=command_name("serving.export"),
         description="Export a trained HARR encoder as a SavedModel for TensorFlow Serving.",
     )
-    parser.add_argument(
-        "--run-dir", required=True, help="run directory written by train.py (holds config.yaml)"
-    )
+    add_run_dir(parser, "the train.py run whose encoder is exported", required=True)
     parser.add_argument(
         "--bits",
         type=int,
@@ -250,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
         help="the served model refuses images whose header declares more pixels, before "
         "decoding them (default: %(default)s, the training readers' limit)",
     )
-    add_verbose_argument(parser)
+    add_verbose(parser)
     args = parser.parse_args(argv)
     if args.version is not None and args.version < 0:
         parser.error(f"--version must be a non-negative integer. Received: {args.version}")

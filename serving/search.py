@@ -24,8 +24,9 @@ from __future__ import annotations
 import argparse
 
 from harr_tf.faiss_index_kinds import INDEX_KINDS
+from harr_tf.flags import add_verbose, command_name, positive
 from harr_tf.quiet import quiet_tensorflow
-from serving.cli import add_endpoint_arguments, add_retry_arguments, add_verbose_argument, positive
+from serving.cli import add_endpoint_arguments, add_retry_arguments
 from serving.image_query import query
 from serving.index_writes import add, build, remove
 
@@ -46,7 +47,7 @@ def _add_search_options(parser: argparse.ArgumentParser, default: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m serving.search",
+        prog=command_name("serving.search"),
         description="Index a collection's binary codes with FAISS and search them with new "
         "images encoded by the served model.",
     )
@@ -140,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
             help="if another process is writing the index, wait for it to finish instead "
             "of stopping",
         )
-    add_verbose_argument(query_parser)
+    add_verbose(query_parser)
     args = parser.parse_args(argv)
     if args.command == "query":  # the served model's client loads TensorFlow
         quiet_tensorflow(args.verbose)

@@ -33,8 +33,8 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
+from harr_tf.flags import add_verbose, command_name
 from harr_tf.quiet import log_to_stderr
-from serving.cli import add_verbose_argument
 from serving.handlers import Handlers
 from serving.model_config import read_model_config
 from serving.model_registry import LoadedVersion, ModelRegistry, ModelServer, ServingError
@@ -153,7 +153,7 @@ def serve(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m serving.server",
+        prog=command_name("serving.server"),
         description="Serve exported HARR SavedModels over TensorFlow Serving's gRPC and REST "
         "APIs (development stand-in for tensorflow/serving, loading models the same way).",
     )
@@ -201,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         help="how often to look for new versions, as TF Serving's "
         "--file_system_poll_wait_seconds (default: 1)",
     )
-    add_verbose_argument(parser)
+    add_verbose(parser)
     args = parser.parse_args(argv)
     if args.max_batch_size < 1:
         parser.error(f"--max-batch-size must be >= 1. Received: {args.max_batch_size}")

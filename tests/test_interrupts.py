@@ -60,10 +60,10 @@ def test_another_os_error_is_raised_again(capsys):
 def test_pretraining_stops_with_one_line_that_says_how_to_resume(
     monkeypatch, capsys, restore_sigterm, error, status, first_words
 ):
-    def stopped(args):
+    def stopped(args, config):
         raise error
 
     monkeypatch.setattr(pretrain, "run", stopped)
-    assert pretrain.main(["--epochs", "1", "--out", "unused", "--quiet"]) == status
+    assert pretrain.main(["--epochs", "1", "--run-dir", "unused", "--quiet"]) == status
     line = capsys.readouterr().err.strip()
     assert line.startswith(first_words) and line.endswith("the same command resumes from it.")

@@ -38,7 +38,7 @@ def pretrain(*args, check=True):
 
 @pytest.mark.parametrize("minutes", ["0", "inf", "nan"])
 def test_a_zero_or_endless_budget_is_refused(minutes):
-    result = pretrain("--minutes", minutes, "--out", "unused", check=False)
+    result = pretrain("--minutes", minutes, "--run-dir", "unused", check=False)
     assert result.returncode == 2 and "--minutes must be > 0 and finite" in result.stderr
 
 
@@ -86,7 +86,7 @@ def test_the_learning_rate_is_a_cosine_over_the_epochs(tmp_path, monkeypatch):
 def test_pretraining_writes_weights_the_backbone_loads(subset, tmp_path):
     out = tmp_path / "pre"
     args = ["--dataset", subset, "--epochs", "2", "--steps-per-epoch", "2", *SMALL]
-    result = pretrain(*args, "--method", "vicreg", "--out", str(out), "--quiet")
+    result = pretrain(*args, "--method", "vicreg", "--run-dir", str(out), "--quiet")
     weights = out / "backbone.weights.h5"
     assert str(weights) in result.stdout and weights.is_file()
     assert json.loads((out / "progress.json").read_text())["epochs"] == 2
@@ -95,7 +95,7 @@ def test_pretraining_writes_weights_the_backbone_loads(subset, tmp_path):
     images = np.random.default_rng(0).uniform(0, 255, (4, 28, 28, 1)).astype("float32")
     assert not np.allclose(backbone.predict(images, verbose=0), fresh.predict(images, verbose=0))
     # The same directory for another network or method is refused, naming what differs.
-    other = pretrain(*args, "--method", "simclr", "--out", str(out), check=False)
+    other = pretrain(*args, "--method", "simclr", "--run-dir", str(out), check=False)
     assert other.returncode != 0 and "method: 'vicreg' -> 'simclr'" in other.stderr
     assert "Traceback" not in other.stderr
 
@@ -111,7 +111,7 @@ def test_a_killed_pretraining_resumes_from_its_last_epoch(subset, tmp_path):
         "--steps-per-epoch",
         "6",
         *SMALL,
-        "--out",
+        "--run-dir",
         str(out),
     ]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
@@ -147,7 +147,7 @@ def test_a_second_pretraining_into_the_same_directory_stops_naming_the_first(sub
     args = ["--dataset", subset, "--epochs", "50", "--steps-per-epoch", "6", *SMALL]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     first = subprocess.Popen(
-        command(*args, "--out", str(out), "--quiet"),
+        command(*args, "--run-dir", str(out), "--quiet"),
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -157,7 +157,7 @@ def test_a_second_pretraining_into_the_same_directory_stops_naming_the_first(sub
         while read_holder(lock_path(out)).get("pid") != first.pid:
             assert first.poll() is None and time.monotonic() < deadline
             time.sleep(0.2)
-        second = pretrain(*args, "--out", str(out), check=False)
+        second = pretrain(*args, "--run-dir", str(out), check=False)
     finally:
         first.kill()
         first.wait()
@@ -169,7 +169,7 @@ def test_a_second_pretraining_into_the_same_directory_stops_naming_the_first(sub
 def test_train_refuses_weights_pretrained_at_another_image_size(subset, tmp_path):
     out = tmp_path / "pre"
     args = ["--dataset", subset, "--epochs", "1", "--steps-per-epoch", "1", *SMALL]
-    pretrain(*args, "--image-size", "32", "--out", str(out), "--quiet")
+    pretrain(*args, "--image-size", "32", "--run-dir", str(out), "--quiet")
     weights = str(out / "backbone.weights.h5")
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     train = [sys.executable, os.path.join(os.path.dirname(__file__), "..", "train.py")]
@@ -199,7 +199,7 @@ def test_pretrained_weights_teach_and_start_the_student_or_not(subset, tmp_path)
 
     out = tmp_path / "pre"
     args = ["--dataset", subset, "--epochs", "1", "--steps-per-epoch", "2", *SMALL]
-    pretrain(*args, "--out", str(out), "--quiet")
+    pretrain(*args, "--run-dir", str(out), "--quiet")
     weights = str(out / "backbone.weights.h5")
     teacher = build_backbone("small_cnn", (28, 28, 1), weights, width=4, pooling="grid")
     images = np.random.default_rng(0).uniform(0, 255, (4, 28, 28, 1)).astype("float32")

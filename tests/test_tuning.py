@@ -21,14 +21,13 @@ from conftest import write_fashion_mnist_subset
 
 from harr_tf.config import ModelConfig, TrainConfig
 from harr_tf.features import wta_features
+from harr_tf.train_command import parse_args, resolve_config  # train.py's config parsing
 from harr_tf.training import with_batch_size
 from harr_tf.wta import encode_wta, estimate_thresholds, make_permutation_table
 from tuning.hypermodel import HarrHyperModel
 from tuning.space import SETTINGS, config_value, parse_overrides
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-import train  # noqa: E402  (train.py's own defaults and config parsing)
 
 # A trial in a few seconds: 200 training images, 2 batches of 32, 16 bits, width 4.
 TINY = ["--bits", "16", "--epochs", "1", "--steps-per-epoch", "2", "--train-size", "200"]
@@ -62,7 +61,7 @@ def write_config(path, search_space, **settings):
 
 
 def tiny_args(subset, config, out):
-    return ["--dataset", subset, "--config", config, "--dir", str(out), "--quiet", *TINY]
+    return ["--dataset", subset, "--config", config, "--run-dir", str(out), "--quiet", *TINY]
 
 
 def trials_in(project_dir):
@@ -76,7 +75,7 @@ def trials_in(project_dir):
 
 def test_build_defaults_are_train_py_defaults(subset):
     # train.py resolves the batch by image size: 128 for Fashion-MNIST's 28 x 28.
-    defaults = with_batch_size(train.resolve_config(train.parse_args([])), (28, 28, 1))
+    defaults = with_batch_size(resolve_config(parse_args([])), (28, 28, 1))
     hypermodel = HarrHyperModel(tiny_config(subset))
     hp = keras_tuner.HyperParameters()
     model = hypermodel.build(hp)
@@ -172,7 +171,8 @@ def test_a_log_range_from_zero_is_rejected_when_declared(subset):
     ("args", "message"),
     [
         (["--tuner", "grid"], "invalid choice: 'grid'"),
-        (["--max-trials", "0"], "expected an integer >= 1. Received: 0"),
+        (["--max-trials", "0"], "--max-trials: must be > 0. Received: 0"),
+        (["--bits", "16,32"], "--bits: a search tunes one code length. Received: 16,32"),
     ],
 )
 def test_bad_flags_get_a_clear_error(args, message):
@@ -184,7 +184,7 @@ def test_bad_flags_get_a_clear_error(args, message):
 def test_unknown_hyperparameter_in_config_file(subset, tmp_path):
     config = write_config(tmp_path / "space.yaml", {"eta": 1.0})
     result = search(
-        "--dataset", subset, "--config", config, "--dir", str(tmp_path), *TINY, check=False
+        "--dataset", subset, "--config", config, "--run-dir", str(tmp_path), *TINY, check=False
     )
     assert result.returncode != 0 and "Unknown hyperparameter(s) ['eta']" in result.stderr
 
@@ -212,8 +212,7 @@ def test_search_end_to_end_with_a_diverging_trial(subset, tmp_path):
     assert good["status"] == "COMPLETED" and 0.0 < good["score"] <= 1.0
     assert "1 completed, 1 failed" in result.stdout
     # best.yaml is what train.py's --config accepts as is: the base at its full budget.
-    args = train.parse_args(["--config", str(out / "best.yaml")])
-    best = train.resolve_config(args)
+    best = resolve_config(parse_args(["--config", str(out / "best.yaml")]))
     assert best.learning_rate == 0.02 and best.wta.num_permutations == 32
     assert best.bits == (16,) and best.epochs == TrainConfig().epochs
     assert best.model.width == 4 and best.dataset == subset

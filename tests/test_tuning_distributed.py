@@ -9,7 +9,9 @@ import time
 
 import pytest
 import test_tuning
-from test_tuning import ROOT, TINY, TINY_SPACE, train, trials_in, write_config
+from test_tuning import ROOT, TINY, TINY_SPACE, trials_in, write_config
+
+from harr_tf.train_command import parse_args, resolve_config
 
 subset = test_tuning.subset  # the real-data fixture
 
@@ -35,7 +37,7 @@ def test_a_chief_and_two_workers_complete_every_trial(subset, tmp_path):
     config = write_config(tmp_path / "space.yaml", TINY_SPACE)
     out = tmp_path / "search"
     args = ["--tuner", "random", "--max-trials", "3", "--dataset", subset, "--config", config]
-    args += ["--dir", str(out), "--quiet", *TINY]
+    args += ["--run-dir", str(out), "--quiet", *TINY]
     port = free_port()
     processes = {
         tuner_id: subprocess.Popen(
@@ -61,14 +63,14 @@ def test_a_chief_and_two_workers_complete_every_trial(subset, tmp_path):
     assert "3 completed, 0 failed" in outputs["chief"][0]
     for worker in ("worker0", "worker1"):
         assert "the chief writes the results" in outputs[worker][0]
-    best = train.resolve_config(train.parse_args(["--config", str(out / "best.yaml")]))
+    best = resolve_config(parse_args(["--config", str(out / "best.yaml")]))
     assert best.bits == (16,) and best.wta.num_permutations == 32
 
 
 def test_a_worker_without_a_reachable_chief_stops_with_a_clear_error(tmp_path):
     start = time.monotonic()
     result = subprocess.run(
-        [sys.executable, "-m", "tuning.search", "--oracle-timeout", "2", "--dir", str(tmp_path)],
+        [sys.executable, "-m", "tuning.search", "--oracle-timeout", "2", "--run-dir", tmp_path],
         cwd=ROOT,
         env=tuner_env(free_port(), "worker0"),
         capture_output=True,
@@ -84,6 +86,6 @@ def test_a_worker_without_a_reachable_chief_stops_with_a_clear_error(tmp_path):
 def test_an_incomplete_distributed_setting_is_named(missing, tmp_path):
     env = tuner_env(free_port(), "worker0")
     del env[missing]
-    command = [sys.executable, "-m", "tuning.search", "--dir", str(tmp_path)]
+    command = [sys.executable, "-m", "tuning.search", "--run-dir", str(tmp_path)]
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
     assert result.returncode != 0 and missing in result.stderr

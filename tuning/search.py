@@ -3,94 +3,116 @@
     python -m tuning.search --tuner bayesian --max-trials 12 --epochs 10 --bits 32
 
 Trials are scored by `val_map` (validation split, never the query set). At the end the
-top trials are printed and DIR/best.yaml is written; retrain it at the full budget with
-`python train.py --config DIR/best.yaml`. Rerunning the same command resumes an
+top trials are printed and RUN_DIR/best.yaml is written; retrain it at the full budget with
+`python train.py --config RUN_DIR/best.yaml`. Rerunning the same command resumes an
 interrupted search (--overwrite starts over). Distributed: run this command once with
 KERASTUNER_TUNER_ID=chief and once per worker with KERASTUNER_TUNER_ID=workerN, all
-with the same KERASTUNER_ORACLE_IP / KERASTUNER_ORACLE_PORT, flags and --dir.
+with the same KERASTUNER_ORACLE_IP / KERASTUNER_ORACLE_PORT, flags and --run-dir.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import sys
 
 import yaml
 
 from harr_tf.atomic import write_text_atomically
+from harr_tf.flags import (
+    add_config,
+    add_quiet,
+    add_run_dir,
+    add_settings,
+    add_verbose,
+    apply_settings,
+    command_name,
+    positive,
+)
 
 TUNERS = ("random", "bayesian", "hyperband")
 
 
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1. Received: {value}")
-    return value
+# The TrainConfig settings a search takes from its command line, over --config's: those
+# of the base (best.yaml's too) and those of the trials' budget only.
+BASE_SETTINGS = ("dataset", "bits", "seed")
+TRIAL_SETTINGS = ("epochs", "steps_per_epoch", "train_size")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog=command_name("tuning.search"),
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add = parser.add_argument
-    add("--tuner", choices=TUNERS, default="bayesian", help="search algorithm")
+    add(
+        "--tuner",
+        choices=TUNERS,
+        default="bayesian",
+        help="search algorithm (default: %(default)s)",
+    )
     add(
         "--max-trials",
-        type=positive_int,
+        type=positive(int),
         default=12,
         help="trials in all, counting those of a resumed search (random, bayesian; "
-        "hyperband's count follows from --epochs)",
+        "hyperband's count follows from --epochs) (default: %(default)s)",
     )
     add(
         "--initial-points",
-        type=positive_int,
+        type=positive(int),
         help="bayesian: random trials before the Gaussian process is used "
         "(default: KerasTuner's, 3 x the number of tuned hyperparameters)",
     )
-    add("--epochs", type=positive_int, default=10, help="epochs per trial (hyperband: the most)")
-    add(
-        "--steps-per-epoch",
-        type=positive_int,
-        help="batches per epoch of a trial (default: one pass over the training images)",
+    add_settings(
+        parser,
+        BASE_SETTINGS + TRIAL_SETTINGS,
+        defaults={"bits": (32,), "epochs": 10, "seed": 0},
+        notes={
+            "bits": "a search tunes one",
+            "epochs": "a trial's (hyperband: the most)",
+            "steps_per_epoch": "a trial's",
+            "train_size": "a trial's",
+            "seed": "and of the tuner",
+        },
+    )
+    add_run_dir(
+        parser,
+        "the search's trials go in --project-name under it, the best settings in best.yaml",
+        default="runs/tuning",
     )
     add(
-        "--train-size",
-        type=lambda s: s if s == "all" else int(s),
-        help="training images of a trial: N (spread over classes) or 'all' (default: protocol's)",
+        "--project-name",
+        default="harr",
+        help="sub-directory of --run-dir holding the trials (default: %(default)s)",
     )
-    add("--dataset", help="dataset spec, as for train.py (default: the config's, fashion_mnist)")
-    add("--bits", type=positive_int, default=32, help="the one code length tuned")
-    add("--seed", type=int, default=0, help="seed of the split, WTA tables, weights and tuner")
-    add("--dir", default="runs/tuning", help="directory of the search; best.yaml is written here")
-    add("--project-name", default="harr", help="sub-directory of --dir holding the trials")
     add("--overwrite", action="store_true", help="start over instead of resuming (chief only)")
-    add(
-        "--config",
-        help="YAML: train.py settings (the base of every trial and of best.yaml) plus an "
-        "optional `search_space:` section fixing or narrowing hyperparameters",
+    add_config(
+        parser,
+        "the base of every trial and of best.yaml, with an optional `search_space:` section "
+        "fixing or narrowing hyperparameters",
     )
     add(
         "--oracle-timeout",
-        type=float,
+        type=positive(float),
         default=120.0,
-        help="seconds a worker waits for the chief oracle before giving up",
+        help="seconds a worker waits for the chief oracle before giving up (default: %(default)s)",
     )
     add(
         "--max-consecutive-failures",
-        type=positive_int,
+        type=positive(int),
         default=3,
-        help="stop the search after this many failed (e.g. NaN) trials in a row",
+        help="stop the search after this many failed (e.g. NaN) trials in a row "
+        "(default: %(default)s)",
     )
-    add("--verbose", action="store_true", help="keep TensorFlow's start-up log lines")
-    add(
-        "--quiet",
-        action="store_true",
-        help="no progress output (per-epoch bars, per-trial summaries); the final table stays",
-    )
-    return parser.parse_args(argv)
+    add_verbose(parser)
+    add_quiet(parser, "nor per-trial summaries; the final table stays")
+    args = parser.parse_args(argv)
+    if len(args.bits) != 1:
+        lengths = ",".join(map(str, args.bits))
+        parser.error(f"--bits: a search tunes one code length. Received: {lengths}")
+    return args
 
 
 def role() -> str:
@@ -151,7 +173,7 @@ def run_search(args: argparse.Namespace) -> int:
     from tuning.results import best_config_yaml, trials_table
 
     config, trial_config, space = search_configs(args)
-    project_dir = os.path.join(args.dir, args.project_name)
+    project_dir = os.path.join(args.run_dir, args.project_name)
     settings = {
         "tuner": args.tuner,
         "trials": to_dict(trial_config),
@@ -185,7 +207,7 @@ def run_search(args: argparse.Namespace) -> int:
     if not best or best[0].status != "COMPLETED":
         print(f"error: no trial completed; see {project_dir}/trial_*/trial.json", file=sys.stderr)
         return 1
-    path = os.path.join(args.dir, "best.yaml")
+    path = os.path.join(args.run_dir, "best.yaml")
     write_text_atomically(path, best_config_yaml(config, best[0], trial_config, path))
     print(f"Best configuration: {path}\nRetrain it: python train.py --config {path}")
     print(f"TensorBoard (HParams): tensorboard --logdir {os.path.join(project_dir, 'logs')}")
@@ -196,21 +218,14 @@ def search_configs(args: argparse.Namespace) -> tuple:
     """The base config (of best.yaml: the file's settings and budget, with --dataset,
     --bits, --seed), the trials' config (the base at the search's budget), and the
     file's `search_space:` section."""
-    from harr_tf.config import TrainConfig, from_dict
+    from harr_tf.config import TrainConfig, from_dict, to_dict
 
     try:
         values, space = read_config(args.config)
-        config = from_dict(TrainConfig, values)
-        config = dataclasses.replace(
-            config, dataset=args.dataset or config.dataset, bits=(args.bits,), seed=args.seed
-        )
-        trial_config = dataclasses.replace(
-            config,
-            epochs=args.epochs,
-            steps=None,  # a trial's length is --epochs, whatever the config file says
-            steps_per_epoch=args.steps_per_epoch or config.steps_per_epoch,
-            train_size=args.train_size if args.train_size is not None else config.train_size,
-        )
+        config = from_dict(TrainConfig, apply_settings(values, args, BASE_SETTINGS))
+        # A trial's length is --epochs, whatever the config file says.
+        trial = apply_settings({**to_dict(config), "steps": None}, args, TRIAL_SETTINGS)
+        trial_config = from_dict(TrainConfig, trial)
     except ValueError as error:
         raise SystemExit(f"Invalid configuration: {error}") from error
     return config, trial_config, space
@@ -225,7 +240,7 @@ def make_tuner(args: argparse.Namespace, hypermodel, overwrite: bool):
     common = {
         "objective": OBJECTIVE,
         "seed": args.seed,
-        "directory": args.dir,
+        "directory": args.run_dir,
         "project_name": args.project_name,
         "overwrite": overwrite,
         "max_consecutive_failed_trials": args.max_consecutive_failures,
