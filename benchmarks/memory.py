@@ -134,7 +134,7 @@ def pipeline_speed(folder: Path, batches: int) -> tuple[float, float]:
 
     config = TrainConfig(dataset=f"folder:{folder}", bits=(16,), train_size=1000)
     data = load_run_data(config)
-    config = with_batch_size(config, data.dataset.image_shape)
+    config = with_batch_size(data.config, data.dataset.image_shape)
     wta = build_wta_structure(data.dataset, data.split.train, config)
     model = new_model(config, 16, data.dataset.image_shape, wta)
     stream, _ = training_stream(config, data, wta, model.views)

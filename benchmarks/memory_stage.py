@@ -64,7 +64,7 @@ def run_stage(stage: str, args: argparse.Namespace) -> dict:
             wta=WTAConfig(features="pixels"),
         )
         data = load_run_data(config)
-        config = with_batch_size(config, shape)
+        config = with_batch_size(data.config, shape)
         wta = build_wta_structure(data.dataset, data.split.train, config)
         harr = new_model(config, 16, shape, wta)
         stream, _ = training_stream(config, data, wta, harr.views)

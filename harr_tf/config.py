@@ -80,7 +80,10 @@ class LossConfig:
 class ModelConfig:
     """Backbone and hash head."""
 
-    backbone: str = "small_cnn"
+    # None: chosen from the collection when a run opens its images
+    # (harr_tf.collection_defaults: efficientnet_lite0 for colour, small_cnn for grey);
+    # small_cnn for a model built without a collection.
+    backbone: str | None = None
     weights: str = "none"
     width: int = 16
     pooling: str = "grid"  # small_cnn: "grid" (3×3 regions) or "global"
@@ -119,9 +122,14 @@ class ModelConfig:
         return self.student or default_student(self.backbone)
 
     @property
+    def network(self) -> str:
+        """`backbone`, or small_cnn while no collection has chosen one."""
+        return self.backbone or "small_cnn"
+
+    @property
     def trained_backbone(self) -> str:
         """The network the run trains and exports: small_cnn for a distilled student."""
-        return "small_cnn" if self.student_mode == "distilled" else self.backbone
+        return "small_cnn" if self.student_mode == "distilled" else self.network
 
     @property
     def student_weights(self) -> str:
@@ -134,10 +142,10 @@ class ModelConfig:
 STUDENTS = ("frozen", "fine_tuned", "distilled")
 
 
-def default_student(backbone: str) -> str:
+def default_student(backbone: str | None) -> str:
     """small_cnn trains whole; a pretrained backbone stays frozen, since fine-tuning it
     costs a CPU about a hundred times more per step (docs/experiments.md)."""
-    return "fine_tuned" if backbone == "small_cnn" else "frozen"
+    return "fine_tuned" if backbone in (None, "small_cnn") else "frozen"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -242,7 +250,8 @@ class TrainConfig:
     augment: AugmentConfig = AugmentConfig()
 
     def __post_init__(self) -> None:
-        if self.model.student_mode == "distilled" and self.wta.features != "backbone":
+        distilled = self.model.student == "distilled"
+        if distilled and self.model.backbone is not None and self.wta.features != "backbone":
             raise ValueError(
                 "--student distilled learns from the pretrained backbone's WTA structure: "
                 f"pass --wta-features backbone. Received: wta features={self.wta.features!r}"

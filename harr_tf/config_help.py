@@ -78,4 +78,7 @@ DEFAULT_HELP = {
     "most 512",
     "memory_budget": "a third of the machine's memory",
     "model.student": "frozen for pretrained backbones, fine_tuned for small_cnn",
+    "model.backbone": "chosen from the collection: efficientnet_lite0 with its ImageNet "
+    "weights as the WTA teacher for colour images, small_cnn with the pixel teacher for grey "
+    "ones (the log says which and why)",
 }

@@ -28,9 +28,7 @@ from harr_tf.config import TrainConfig
 from harr_tf.data.augment import ViewAugmenter
 from harr_tf.data.image_size import inference_batch_size
 from harr_tf.layers import HashHead, sign_codes
-from harr_tf.retrieval import mean_average_precision
 from harr_tf.run_data import RunData, teacher_network
-from harr_tf.training import validation_sets
 
 logger = logging.getLogger("harr_tf")
 
@@ -229,7 +227,7 @@ def prepare_frozen(
     rounds = config.model.feature_rounds
     logger.info(
         "Frozen student: %s features of %d training images, %d rounds of views %s",
-        config.model.backbone,
+        config.model.network,
         len(train),
         rounds,
         "".join(augmenter.views).upper(),
@@ -251,49 +249,3 @@ def prepare_frozen(
         (rounds, len(augmenter.views), len(train)),
     )
     return FrozenFeatures(backbone, augmenter.views, train_features, views, batch, directory)
-
-
-def validation_map(
-    head: keras.Model, frozen: FrozenFeatures, data: RunData, config: TrainConfig, progress: bool
-) -> float | None:
-    """`val_map` of `head` on the cached features of the validation queries and their
-    database sample (`validation_sets`, as a pixel run scores itself); None without
-    labels. The database's features are computed here if not yet (once per run)."""
-    sets = validation_sets(data, config)
-    if sets is None:
-        return None
-    database = data.split.database
-    features = frozen.features("database", data.dataset, database, progress)
-
-    def codes(indices: np.ndarray) -> np.ndarray:
-        return head_codes(head, features[np.searchsorted(database, indices)], False)
-
-    labels = data.dataset.labels
-    queries, rest = sets
-    return mean_average_precision(
-        codes(queries), codes(rest), labels[queries], labels[rest], top_k=data.top_k
-    )
-
-
-def better_head(
-    trained: keras.Model, frozen: FrozenFeatures, data: RunData, config: TrainConfig, progress: bool
-) -> keras.Model:
-    """`trained`, or its ITQ start when that ranks the validation queries better: the
-    teacher's structure can guide the head away from the features' geometry, which ITQ
-    keeps, so the student never ends below the shallow hash of its own features (on
-    validation). Without labels, `trained`."""
-    start = head_encoder(frozen.train.shape[1], trained.output_shape[-1], config.model.beta)
-    start_from_itq(start, frozen.train, config.seed)
-    trained_map = validation_map(trained, frozen, data, config, progress)
-    if trained_map is None:
-        return trained
-    start_map = validation_map(start, frozen, data, config, progress)
-    kept = "the trained head" if trained_map >= start_map else "its ITQ start"
-    logger.info(
-        "%d-bit head: val_map %.4f trained, %.4f at its ITQ start: kept %s.",
-        start.output_shape[-1],
-        trained_map,
-        start_map,
-        kept,
-    )
-    return trained if trained_map >= start_map else start

@@ -17,6 +17,7 @@ A finished run is not trained again; one process at a time works in a directory.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import math
 import os
@@ -159,11 +160,16 @@ def run(args: argparse.Namespace, config: TrainConfig) -> str:
     from harr_tf.atomic import atomic_path, write_text_atomically
     from harr_tf.backbones import build_backbone
     from harr_tf.callbacks import LastGoodCheckpoint, checkpoint_bytes
+    from harr_tf.collection_defaults import GREY_BACKBONE
     from harr_tf.data.augment import ViewAugmenter
     from harr_tf.data.pipeline import training_dataset
     from harr_tf.pretrain_model import PretrainBudget
     from harr_tf.run_data import load_run_data
 
+    if config.model.backbone is None:  # a teacher learnt from scratch: small_cnn unless told
+        config = dataclasses.replace(
+            config, model=dataclasses.replace(config.model, backbone=GREY_BACKBONE)
+        )
     data = load_run_data(config)
     indices = data.split.train if args.images == "train" else data.split.database
     shape = tuple(int(d) for d in data.dataset.image_shape)

@@ -132,7 +132,7 @@ def run(
     `strategy` (`harr_tf.distribute`; default: none) and writes `metrics.json` and the
     plots; returns the metrics."""
     data = load_run_data(config)
-    config = with_batch_size(config, data.dataset.image_shape, len(data.split.train))
+    config = with_batch_size(data.config, data.dataset.image_shape, len(data.split.train))
     # Refused settings are refused before anything is written, so a corrected rerun starts.
     check_training_items(config.batch_size, len(data.split.train))
     training_length(config, len(data.split.train))

@@ -17,6 +17,7 @@ import keras
 import numpy as np
 
 from harr_tf.backbones import build_backbone
+from harr_tf.collection_defaults import choose_backbone
 from harr_tf.config import TrainConfig
 from harr_tf.data import ImageDataset, ProtocolSplit, get_protocol, load_dataset, make_split
 from harr_tf.data.image_size import resolve_image_size
@@ -28,11 +29,13 @@ logger = logging.getLogger("harr_tf")
 
 @dataclasses.dataclass(frozen=True)
 class RunData:
-    """The images, the protocol split and what the split's K is."""
+    """The images, the protocol split, what the split's K is, and the run's config with
+    its backbone chosen for the images (`choose_backbone`)."""
 
     dataset: ImageDataset
     split: ProtocolSplit
     top_k: int | None
+    config: TrainConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,9 +48,14 @@ class WTAStructure:
 
 
 def load_run_data(config: TrainConfig) -> RunData:
-    """Opens the dataset at the network's image size and draws the protocol split
-    (`train_size`, `queries_per_class` and `validation_per_class` override it)."""
+    """Opens the dataset, chooses the backbone for its images when the config leaves
+    it to the collection (`data.config`, logged with the reason), reads the images at
+    the network's size and draws the protocol split (`train_size`, `queries_per_class`
+    and `validation_per_class` override it)."""
     dataset = load_dataset(config.dataset, data_dir=config.data_dir, max_pixels=config.max_pixels)
+    config, why = choose_backbone(config, dataset.channels)
+    if why != "as set":
+        logger.info("Backbone: %s, chosen for %s.", config.model.backbone, why)
     size = resolve_image_size(config.image_size, dataset.native_size, config.model.trained_backbone)
     dataset = dataset.at_size(size)
     protocol = get_protocol(config.protocol)
@@ -85,16 +93,16 @@ def load_run_data(config: TrainConfig) -> RunData:
     if len(split.class_counts):
         logger.info("Drawn per class:\n%s", split.describe(dataset.class_names))
     top_k = protocol.multi_label_top_k if dataset.multi_label else protocol.top_k
-    return RunData(dataset, split, top_k)
+    return RunData(dataset, split, top_k, config)
 
 
 def teacher_dataset(dataset: ImageDataset, config: TrainConfig) -> ImageDataset:
     """`dataset` read at the size the teacher network sees: the run's own, unless the
     teacher is not the trained network (a distilled student), then the teacher's default."""
     model = config.model
-    if model.trained_backbone == model.backbone:
+    if model.trained_backbone == model.network:
         return dataset
-    return dataset.at_size(resolve_image_size(None, dataset.native_size, model.backbone))
+    return dataset.at_size(resolve_image_size(None, dataset.native_size, model.network))
 
 
 def teacher_network(dataset: ImageDataset, config: TrainConfig) -> keras.Model:
@@ -103,7 +111,7 @@ def teacher_network(dataset: ImageDataset, config: TrainConfig) -> keras.Model:
     keras.utils.set_random_seed(config.seed)
     model = config.model
     return build_backbone(
-        model.backbone, dataset.image_shape, model.weights, model.width, model.pooling
+        model.network, dataset.image_shape, model.weights, model.width, model.pooling
     )
 
 

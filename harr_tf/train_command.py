@@ -155,7 +155,7 @@ def train_from_flags(args: argparse.Namespace) -> int:
         config = resolve_config(args)
         # Multi-worker must be set up before any other TensorFlow op runs.
         strategy = distribute.make_strategy(args.distribute)
-        precision.set_precision(args.mixed_precision, config.model.backbone)
+        precision.set_precision(args.mixed_precision, config.model.network)
     except ValueError as error:
         raise SystemExit(f"Invalid configuration: {error}") from None
     if args.distribute == "multi-worker" and not args.run_dir:

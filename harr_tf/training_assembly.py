@@ -28,12 +28,12 @@ from harr_tf.config import TrainConfig
 from harr_tf.distribute import is_chief, synchronize_batch_norm, work_around_keras_multi_worker
 from harr_tf.frozen import (
     FrozenFeatures,
-    better_head,
     feature_stream,
     head_encoder,
     pixel_encoder,
     start_from_itq,
 )
+from harr_tf.frozen_validation import better_head, feature_evaluation
 from harr_tf.memory_budget import network_name, training_does_not_fit
 from harr_tf.model import HarrModel
 from harr_tf.run_data import RunData, WTAStructure
@@ -140,6 +140,7 @@ def assemble_training(
         stream = feature_stream(
             frozen.views, wta.codes, frozen.names, config.batch_size, config.seed, done * steps
         )
+        validation = feature_evaluation(frozen, data, config, progress=False)
     checkpoint = None
     if checkpoints:
         chief = is_chief(strategy or tf.distribute.get_strategy())

@@ -56,7 +56,7 @@ def test_largest_batch_is_the_largest_power_of_two_within_the_budget():
 
 
 def test_defaults_keep_fashion_mnist_and_follow_the_network_elsewhere():
-    small = ModelConfig()
+    small = ModelConfig(backbone="small_cnn")
     for budget in (4 * GB, 8 * GB, 100 * GB):  # results must not change on any machine
         assert default_batch_sizes((28, 28, 1), small, budget=budget) == (128, 512)
     resnet = ModelConfig(backbone="resnet50", weights="none", student="fine_tuned")
@@ -82,10 +82,12 @@ def test_defaults_keep_fashion_mnist_and_follow_the_network_elsewhere():
 
 def test_the_run_directory_config_records_the_budget_and_both_batches(monkeypatch):
     monkeypatch.setattr(memory_budget, "_budget_gb", [])  # the process's, restored after
-    config = with_batch_size(TrainConfig(memory_budget=5.0), (28, 28, 1))
+    config = with_batch_size(
+        TrainConfig(memory_budget=5.0, model=ModelConfig(backbone="small_cnn")), (28, 28, 1)
+    )
     assert (config.memory_budget, config.batch_size, config.encode_batch_size) == (5.0, 128, 512)
     assert budget_bytes() == 5 * GB  # the run's budget is the process's
-    config = with_batch_size(TrainConfig(), (28, 28, 1))
+    config = with_batch_size(TrainConfig(model=ModelConfig(backbone="small_cnn")), (28, 28, 1))
     assert 0 < config.memory_budget < os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     with pytest.raises(ValueError, match="memory_budget=0"):
         TrainConfig(memory_budget=0)

@@ -16,17 +16,11 @@ import yaml
 from PIL import Image
 
 from harr_tf.baselines import hash_codes, train_hasher
+from harr_tf.collection_defaults import choose_backbone
 from harr_tf.config import ModelConfig, TrainConfig, WTAConfig
 from harr_tf.data import load_dataset
-from harr_tf.frozen import (
-    FrozenFeatures,
-    better_head,
-    feature_stream,
-    head_codes,
-    head_encoder,
-    start_from_itq,
-    validation_map,
-)
+from harr_tf.frozen import FrozenFeatures, feature_stream, head_codes, head_encoder, start_from_itq
+from harr_tf.frozen_validation import better_head, validation_map
 from harr_tf.wta import encode_wta
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -127,7 +121,7 @@ def test_the_feature_stream_is_a_function_of_seed_and_step():
 @pytest.mark.parametrize(
     ("model", "wta", "message"),
     [
-        ({"student": "frozen"}, {}, "needs a pretrained --backbone"),
+        ({"backbone": "small_cnn", "student": "frozen"}, {}, "needs a pretrained --backbone"),
         ({"student": "tuned"}, {}, "Unknown student"),
         ({"backbone": "efficientnet_lite0", "student": "distilled"}, {}, "--wta-features backbone"),
         ({"backbone": "efficientnet_lite0", "feature_rounds": 0}, {}, "feature_rounds"),
@@ -138,9 +132,29 @@ def test_bad_student_settings_are_refused(model, wta, message):
         TrainConfig(model=ModelConfig(**model), wta=WTAConfig(**wta))
 
 
+def test_the_backbone_is_chosen_from_the_collection_unless_set():
+    """Colour images get the ImageNet Lite0 teacher (frozen student), grey ones small_cnn
+    and the pixel teacher; what a user set is kept."""
+    colour, why = choose_backbone(TrainConfig(), channels=3)
+    assert (colour.model.backbone, colour.model.weights) == ("efficientnet_lite0", "imagenet")
+    assert colour.wta.features == "backbone" and colour.model.student_mode == "frozen"
+    assert why.startswith("colour images")
+    grey, why = choose_backbone(TrainConfig(), channels=1)
+    assert (grey.model.backbone, grey.model.weights) == ("small_cnn", "none")
+    assert grey.wta.features == "sqrt_smoothed_pixels" and why.startswith("grey images")
+    pixels = TrainConfig(wta=WTAConfig(features="smoothed_pixels"))
+    assert choose_backbone(pixels, 3)[0].wta.features == "smoothed_pixels"
+    student = TrainConfig(model=ModelConfig(student="distilled"))
+    assert choose_backbone(student, 3)[0].model.trained_backbone == "small_cnn"
+    chosen = TrainConfig(model=ModelConfig(backbone="small_cnn"))
+    assert choose_backbone(chosen, 3) == (chosen, "as set")
+    with pytest.raises(ValueError, match="--student frozen needs a pretrained --backbone"):
+        choose_backbone(TrainConfig(model=ModelConfig(student="frozen")), 1)
+
+
 def test_pretrained_backbones_default_to_the_frozen_student():
     assert ModelConfig(backbone="efficientnet_lite0").student_mode == "frozen"
-    assert ModelConfig().student_mode == "fine_tuned"
+    assert ModelConfig(backbone="small_cnn").student_mode == "fine_tuned"
     distilled = ModelConfig(backbone="efficientnet_lite0", student="distilled")
     assert distilled.trained_backbone == "small_cnn" and distilled.student_weights == "none"
 

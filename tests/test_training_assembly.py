@@ -7,6 +7,7 @@ import json
 
 import keras
 import keras_tuner
+import numpy as np
 import pytest
 from conftest import write_fashion_mnist_subset
 
@@ -90,9 +91,29 @@ def test_a_trial_checkpoints_into_its_directory_and_resumes_from_it(subset, tmp_
     assert json.loads((checkpoint / "training_metadata.json").read_text())["epoch"] == 2
 
 
-def test_a_frozen_student_is_refused_before_any_data_is_read():
-    # Its head trains on features cached in a run directory; a trial has none.
-    model = ModelConfig(backbone="efficientnet_lite0")  # frozen by default
-    config = TrainConfig(dataset="npz:/no/such/data.npz", bits=(16,), model=model)
-    with pytest.raises(ValueError, match="the frozen student trains on cached features"):
-        HarrHyperModel(config)
+@pytest.mark.slow
+def test_a_frozen_trial_trains_the_head_on_cached_features(tmp_path):
+    """The frozen student (Lite0's default) is tuned too: its trials share the
+    backbone's features, cached once in the search's directory, and score on them."""
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(3), 40)
+    images = rng.integers(0, 60, (120, 32, 32, 3), dtype=np.uint8)
+    for item, label in enumerate(labels):  # each class a colour patch
+        images[item, 8:24, 8:24, label] = 230
+    np.savez(tmp_path / "colour.npz", images=images, labels=labels)
+    config = TrainConfig(
+        dataset=f"npz:{tmp_path / 'colour.npz'}",
+        bits=(16,),
+        epochs=2,
+        steps_per_epoch=2,
+        model=ModelConfig(backbone="efficientnet_lite0", weights="imagenet"),
+        wta=WTAConfig(features="backbone"),
+    )
+    features = tmp_path / "features"
+    hypermodel = HarrHyperModel(config, SPACE, str(features))
+    assert hypermodel.frozen.train.shape == (len(hypermodel.data.split.train), 1280)
+    tuner = one_trial_search(hypermodel, tmp_path)
+    tuner.search(verbose=0)
+    trial = tuner.oracle.trials["0"]
+    assert trial.status == "COMPLETED" and 0.0 < trial.score <= 1.0
+    assert (features / "train.npy").exists() and (features / "database.npy").exists()

@@ -10,6 +10,7 @@ import keras
 import keras_tuner
 
 from harr_tf.config import TrainConfig, WTAConfig
+from harr_tf.frozen import prepare_frozen
 from harr_tf.model import HarrModel
 from harr_tf.run_data import WTAStructure, build_wta_structure, load_run_data
 from harr_tf.training import with_batch_size
@@ -26,8 +27,8 @@ class HarrHyperModel(keras_tuner.HyperModel):
     sample of the rest of the database, after the trial's last epoch; the protocol's
     query set is never used. The data are loaded once; the WTA structure is rebuilt
     only when its settings (P, K, ρ) change. A trial trains as a run does (WTA refresh,
-    checkpoint, β schedule), except that the frozen student is refused: its head trains
-    on features cached in a run directory, which a trial has not.
+    checkpoint, β schedule); a frozen student's trials share the backbone's features,
+    cached once in `features_dir`, and are scored on them.
 
     Args:
         config: the base configuration of every trial, with one code length in
@@ -35,27 +36,33 @@ class HarrHyperModel(keras_tuner.HyperModel):
             `TrainConfig()` gives `train.py`'s defaults.
         search_space: the `search_space:` mapping of a config file, fixing or
             narrowing hyperparameters (see `tuning.space`). Defaults to None.
+        features_dir: where a frozen student's backbone features are cached (the
+            search's directory); needed only for the frozen student. Defaults to None.
     """
 
-    def __init__(self, config: TrainConfig, search_space: dict | None = None) -> None:
+    def __init__(
+        self,
+        config: TrainConfig,
+        search_space: dict | None = None,
+        features_dir: str | None = None,
+    ) -> None:
         super().__init__(name="harr")
         if len(config.bits) != 1:
             raise ValueError(f"Tuning trains one code length. Received: bits={config.bits}")
-        model = config.model
-        if model.student_mode == "frozen":
-            raise ValueError(
-                "Tuning trains the whole network; the frozen student trains on cached "
-                "features, in train.py only. Set model.student to fine_tuned or distilled. "
-                f"Received: backbone={model.backbone}, student={model.student or 'default'}"
-            )
-        self.overrides = parse_overrides(search_space)
         self.data = load_run_data(config)
-        self.config = with_batch_size(config, self.data.dataset.image_shape)
+        shape, train = self.data.dataset.image_shape, self.data.split.train
+        self.overrides = parse_overrides(search_space)
+        self.config = with_batch_size(self.data.config, shape, len(train))
         if self.data.dataset.labels is None or len(self.data.split.validation) == 0:
             raise ValueError(
                 f"Tuning scores trials by val_map, which needs labels and a validation split; "
                 f"{config.dataset} has none."
             )
+        self.frozen = None
+        if self.config.model.student_mode == "frozen":
+            if features_dir is None:
+                raise ValueError("The frozen student's trials need a features_dir to cache in.")
+            self.frozen = prepare_frozen(self.config, self.data, features_dir, progress=True)
         self._wta: tuple[WTAConfig, WTAStructure] | None = None
 
     def build(self, hp: keras_tuner.HyperParameters) -> HarrModel:
@@ -73,7 +80,8 @@ class HarrHyperModel(keras_tuner.HyperModel):
         }
         config = with_values(self.config, values)
         keras.utils.set_random_seed(config.seed)  # trials differ by their values only
-        return training_model(config, config.bits[0], self.data, self.wta_structure(config))
+        wta = self.wta_structure(config)
+        return training_model(config, config.bits[0], self.data, wta, frozen=self.frozen)
 
     def fit(
         self,
@@ -107,6 +115,7 @@ class HarrHyperModel(keras_tuner.HyperModel):
             start_epoch=initial_epoch,
             epochs=epochs,
             callbacks=callbacks,  # after `val_map` enters the logs
+            frozen=self.frozen,
         )
         logs = training.fit(verbose)
         if training.guard.failed_epoch is not None:
@@ -129,7 +138,11 @@ class HarrHyperModel(keras_tuner.HyperModel):
         wta = config.wta
         if self._wta is None or self._wta[0] != wta:
             data = self.data
-            self._wta = (wta, build_wta_structure(data.dataset, data.split.train, config))
+            features = None
+            if self.frozen is not None and wta.features == "backbone":
+                features = self.frozen.train  # the frozen backbone's, cached
+            structure = build_wta_structure(data.dataset, data.split.train, config, False, features)
+            self._wta = (wta, structure)
         return self._wta[1]
 
 

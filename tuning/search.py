@@ -184,7 +184,8 @@ def run_search(args: argparse.Namespace) -> int:
     if where != "worker" and not overwrite:
         check_resumable(os.path.join(project_dir, "search.yaml"), settings)
     try:
-        tuner = make_tuner(args, HarrHyperModel(trial_config, space), overwrite)
+        features = os.path.join(args.run_dir, "features")  # a frozen student's, cached once
+        tuner = make_tuner(args, HarrHyperModel(trial_config, space, features), overwrite)
     except (ValueError, FileNotFoundError) as error:
         raise SystemExit(f"Invalid configuration: {error}") from error
     if where != "worker":

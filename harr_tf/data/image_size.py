@@ -73,10 +73,10 @@ def default_batch_sizes(
 
     shape = tuple(image_shape)
     # The teacher is the configured backbone; a distilled student trains small_cnn.
-    student = getattr(model, "trained_backbone", model.backbone)
+    student = model.trained_backbone
     costs = {
         name: network_cost(name, shape, model.width, model.pooling)
-        for name in {model.backbone, student}
+        for name in {model.network, student}
     }
     budget = budget_bytes() if budget is None else budget
     if encode_batch_size is None:
