@@ -1,11 +1,12 @@
 """The network and WTA teacher a run uses when `--backbone` is not given, chosen from
 the collection (issue 25; docs/experiments.md, "The pretrained teacher").
 
-On colour images the ImageNet features of EfficientNet-Lite0 (offline, in a pinned wheel)
-teach far more than the pixels: on Debian's clip-art, HARR's frozen student reaches
-0.426 mAP@1000 at 32 bits against 0.301 for ITQ on the pixels, and the pixel teacher
-falls below that ITQ. On small grey images (Fashion-MNIST) the pixel teacher wins. Plain
-module: no TensorFlow, so a config can be resolved anywhere.
+The choice follows the source's channels: image files and records are decoded to RGB
+(three channels, grey files too), arrays keep theirs. On such images the ImageNet
+features of EfficientNet-Lite0 (offline, in a pinned wheel) teach far more than the
+pixels: on Debian's clip-art, HARR's frozen student reaches 0.426 mAP@1000 at 32 bits
+against 0.301 for ITQ on the pixels. On single-channel arrays of small images
+(Fashion-MNIST, MNIST) the pixel teacher wins. Plain module: no TensorFlow.
 """
 
 from __future__ import annotations
@@ -20,16 +21,17 @@ GREY_BACKBONE = "small_cnn"
 
 def choose_backbone(config: TrainConfig, channels: int) -> tuple[TrainConfig, str]:
     """`config` with `model.backbone` chosen for images of `channels` when it is None,
-    and why, for the log. For colour images: Lite0 with its ImageNet weights as the WTA
+    and why, for the log. For three channels: Lite0 with its ImageNet weights as the WTA
     teacher (unless `weights` or `wta.features` were set), its student frozen by
-    default; for grey ones: small_cnn and the pixel teacher."""
+    default; for one: small_cnn and the pixel teacher."""
     model = config.model
     if model.backbone is not None:
         return config, "as set"
     if channels != 3:
         chosen = dataclasses.replace(model, backbone=GREY_BACKBONE)
         return dataclasses.replace(config, model=chosen), (
-            "grey images: the pixel teacher beats ImageNet features there (Fashion-MNIST)"
+            "single-channel images: the pixel teacher beats ImageNet features on them "
+            "(Fashion-MNIST)"
         )
     weights = "imagenet" if model.weights == "none" else model.weights
     chosen = dataclasses.replace(model, backbone=COLOUR_BACKBONE, weights=weights)
@@ -38,6 +40,6 @@ def choose_backbone(config: TrainConfig, channels: int) -> tuple[TrainConfig, st
         features = "backbone"
     wta = dataclasses.replace(config.wta, features=features)
     return dataclasses.replace(config, model=chosen, wta=wta), (
-        "colour images: ImageNet features teach more than pixels (clip-art, 32 bits: "
-        "0.426 mAP against 0.301 for ITQ on the pixels)"
+        "three-channel images: ImageNet features teach more than pixels (clip-art, 32 "
+        "bits: 0.426 mAP against 0.301 for ITQ on the pixels)"
     )

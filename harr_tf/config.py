@@ -81,7 +81,7 @@ class ModelConfig:
     """Backbone and hash head."""
 
     # None: chosen from the collection when a run opens its images
-    # (harr_tf.collection_defaults: efficientnet_lite0 for colour, small_cnn for grey);
+    # (harr_tf.collection_defaults: efficientnet_lite0 for three channels, small_cnn for one);
     # small_cnn for a model built without a collection.
     backbone: str | None = None
     weights: str = "none"

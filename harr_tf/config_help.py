@@ -79,6 +79,7 @@ DEFAULT_HELP = {
     "memory_budget": "a third of the machine's memory",
     "model.student": "frozen for pretrained backbones, fine_tuned for small_cnn",
     "model.backbone": "chosen from the collection: efficientnet_lite0 with its ImageNet "
-    "weights as the WTA teacher for colour images, small_cnn with the pixel teacher for grey "
-    "ones (the log says which and why)",
+    "weights as the WTA teacher for image files, records and colour arrays, small_cnn with "
+    "the pixel teacher for single-channel arrays such as Fashion-MNIST (the log says which "
+    "and why)",
 }

@@ -138,10 +138,10 @@ def test_the_backbone_is_chosen_from_the_collection_unless_set():
     colour, why = choose_backbone(TrainConfig(), channels=3)
     assert (colour.model.backbone, colour.model.weights) == ("efficientnet_lite0", "imagenet")
     assert colour.wta.features == "backbone" and colour.model.student_mode == "frozen"
-    assert why.startswith("colour images")
+    assert why.startswith("three-channel images")
     grey, why = choose_backbone(TrainConfig(), channels=1)
     assert (grey.model.backbone, grey.model.weights) == ("small_cnn", "none")
-    assert grey.wta.features == "sqrt_smoothed_pixels" and why.startswith("grey images")
+    assert grey.wta.features == "sqrt_smoothed_pixels" and why.startswith("single-channel images")
     pixels = TrainConfig(wta=WTAConfig(features="smoothed_pixels"))
     assert choose_backbone(pixels, 3)[0].wta.features == "smoothed_pixels"
     student = TrainConfig(model=ModelConfig(student="distilled"))
