@@ -24,7 +24,7 @@ from harr_tf.postgres_index import PostgresIndex
 from serving.client import RequestFailed, ServingClient
 from serving.code_store import CodesOrigin
 from serving.collection import Collection, open_collection
-from serving.encode import _named, encode_collection, stopped_encoding
+from serving.collection_encoding import encode_collection, named_failures, stopped_encoding
 
 
 def shard(collection: Collection, spec: str | None) -> Collection:
@@ -122,7 +122,7 @@ def run_into_table(args: argparse.Namespace) -> int:
         f"{info.version} into {index.location}."
     )
     if failures:
-        lines = "\n".join(_named(failures))
+        lines = "\n".join(named_failures(failures))
         print(
             f"Skipped {len(failures)} items that could not be read or decoded:\n{lines}",
             file=sys.stderr,
