@@ -137,6 +137,21 @@ def _bomb_size(path: Path) -> tuple[int, int]:
     return height, width
 
 
+def default_image_size(native: tuple[int, int] | None, source: str) -> tuple[int, int] | None:
+    """The size a source reads its images at when no run asks for one: None (native)
+    when every item has the same native size, else 224 x 224, said in the log. Folders,
+    TFRecords and TFDS sources all ask here."""
+    if native is not None:
+        return None
+    logger.info(
+        "Images of %s differ in size: reading them at %d x %d.",
+        source,
+        DEFAULT_IMAGE_SIZE,
+        DEFAULT_IMAGE_SIZE,
+    )
+    return (DEFAULT_IMAGE_SIZE, DEFAULT_IMAGE_SIZE)
+
+
 def scan_image_folder(root: Path, max_pixels: int = MAX_IMAGE_PIXELS) -> FolderFiles:
     """The readable images under `root` (or the single image file `root`).
 

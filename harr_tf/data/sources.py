@@ -22,11 +22,7 @@ import tensorflow as tf
 from tensorflow_datasets.core.registered import DatasetNotFoundError
 
 from harr_tf.config import MAX_IMAGE_PIXELS
-from harr_tf.data.folder import (
-    DEFAULT_IMAGE_SIZE,
-    resize_square,
-    scan_image_folder,
-)
+from harr_tf.data.folder import default_image_size, resize_square, scan_image_folder
 from harr_tf.data.idx import find_idx_files, read_idx_folder
 from harr_tf.data.readers import ArrayReader, DamagedItems, FileReader, map_skipping_damaged
 from harr_tf.data.tfds_source import DataUnavailableError, open_tfds
@@ -244,19 +240,6 @@ def _load_folder(path: Path, max_pixels: int) -> ImageDataset:
         default_image_size(native, source),
         found.class_names,
     )
-
-
-def default_image_size(native: tuple[int, int] | None, source: str) -> tuple[int, int] | None:
-    """None when every item has the same native size, else 224 x 224 (said in the log)."""
-    if native is not None:
-        return None
-    logger.info(
-        "Images of %s differ in size: reading them at %d x %d.",
-        source,
-        DEFAULT_IMAGE_SIZE,
-        DEFAULT_IMAGE_SIZE,
-    )
-    return (DEFAULT_IMAGE_SIZE, DEFAULT_IMAGE_SIZE)
 
 
 def _load_short_name(name: str, data_dir: str | None) -> ImageDataset:

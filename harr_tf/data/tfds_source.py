@@ -20,7 +20,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from harr_tf.data.folder import DEFAULT_IMAGE_SIZE
+from harr_tf.data.folder import default_image_size
 from harr_tf.data.readers import SequentialReader
 
 logger = logging.getLogger(__name__)
@@ -92,7 +92,7 @@ def open_tfds(name: str, split: str | None, data_dir: str | None) -> dict:
         ),
         "channels": channels or 3,
         "native_size": native,
-        "image_size": None if native else (DEFAULT_IMAGE_SIZE, DEFAULT_IMAGE_SIZE),
+        "image_size": default_image_size(native, source),
         "class_names": class_names,
     }
 

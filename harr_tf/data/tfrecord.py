@@ -37,7 +37,7 @@ import tensorflow as tf
 from tqdm import tqdm
 
 from harr_tf.config import MAX_IMAGE_PIXELS
-from harr_tf.data.folder import FolderFiles, scan_image_folder
+from harr_tf.data.folder import FolderFiles, default_image_size, scan_image_folder
 from harr_tf.data.image_header import decode_within_budget
 from harr_tf.data.readers import DamagedItems, FileReader, SequentialReader, map_skipping_damaged
 from harr_tf.quiet import log_to_stderr
@@ -120,7 +120,7 @@ def open_tfrecords(pattern: str, max_pixels: int = MAX_IMAGE_PIXELS) -> dict:
         ),
         "channels": 3,
         "native_size": native,
-        "image_size": None if native else (224, 224),
+        "image_size": default_image_size(native, f"tfrecord:{pattern}"),
         "class_names": class_names,
     }
 
