@@ -50,14 +50,16 @@ class WTAStructure:
 def load_run_data(config: TrainConfig) -> RunData:
     """Opens the dataset, chooses the backbone for its images when the config leaves
     it to the collection (`data.config`, logged with the reason), reads the images at
-    the network's size and draws the protocol split (`train_size`, `queries_per_class`
-    and `validation_per_class` override it)."""
+    the network's size (stored in `data.config`) and draws the protocol split
+    (`train_size`, `queries_per_class` and `validation_per_class` override it)."""
     dataset = load_dataset(config.dataset, data_dir=config.data_dir, max_pixels=config.max_pixels)
     config, why = choose_backbone(config, dataset.channels)
     if why != "as set":
         logger.info("Backbone: %s, chosen for %s.", config.model.backbone, why)
     size = resolve_image_size(config.image_size, dataset.native_size, config.model.trained_backbone)
     dataset = dataset.at_size(size)
+    if size is not None:  # resolved once, and stored with the run (None: the native size)
+        config = dataclasses.replace(config, image_size=size)
     protocol = get_protocol(config.protocol)
     overrides = {
         "query_per_class": config.queries_per_class,

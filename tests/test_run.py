@@ -180,3 +180,17 @@ def test_several_steps_per_execution_train_like_one(tmp_path):
     assert max(np.abs(a - b).max() for a, b in zip(trained, start, strict=True)) > 1e-3
     for one, four in zip(*weights, strict=True):
         np.testing.assert_allclose(four, one, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("side", "channels", "stored"), [(100, 1, 64), (28, 1, None), (40, 3, 224)]
+)
+def test_the_image_size_is_resolved_once_and_kept_in_the_config(tmp_path, side, channels, stored):
+    """The run's config holds the side its images are read at (None: their native size),
+    whichever network the collection chose: small_cnn for one channel, Lite0 for three."""
+    labels = np.repeat(np.arange(2), 30)
+    images = np.zeros((60, side, side, channels), np.uint8)
+    np.savez(tmp_path / "set.npz", images=images, labels=labels)
+    data = load_run_data(TrainConfig(dataset=f"npz:{tmp_path / 'set.npz'}"))
+    assert data.config.image_size == stored
+    assert data.dataset.image_shape[:2] == ((stored, stored) if stored else (side, side))
