@@ -6,7 +6,8 @@ The choice follows the source's channels: image files and records are decoded to
 features of EfficientNet-Lite0 (offline, in a pinned wheel) teach far more than the
 pixels: on Debian's clip-art, HARR's frozen student reaches 0.426 mAP@1000 at 32 bits
 against 0.301 for ITQ on the pixels. On single-channel arrays of small images
-(Fashion-MNIST, MNIST) the pixel teacher wins. Plain module: no TensorFlow.
+(Fashion-MNIST, MNIST) the pixel teacher wins, and so small_cnn is also chosen where an
+`--image-size` below Lite0's smallest input is asked for.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 
 from harr_tf.config import TrainConfig, WTAConfig
+from harr_tf.data.image_size import MIN_SIZE
 
 COLOUR_BACKBONE = "efficientnet_lite0"
 GREY_BACKBONE = "small_cnn"
@@ -27,12 +29,16 @@ def choose_backbone(config: TrainConfig, channels: int) -> tuple[TrainConfig, st
     model = config.model
     if model.backbone is not None:
         return config, "as set"
-    if channels != 3:
+    small = config.image_size is not None and config.image_size < MIN_SIZE[COLOUR_BACKBONE]
+    if channels != 3 or small:
         chosen = dataclasses.replace(model, backbone=GREY_BACKBONE)
-        return dataclasses.replace(config, model=chosen), (
-            "single-channel images: the pixel teacher beats ImageNet features on them "
+        why = (
+            f"--image-size {config.image_size}, below {COLOUR_BACKBONE}'s smallest input"
+            if small
+            else "single-channel images: the pixel teacher beats ImageNet features on them "
             "(Fashion-MNIST)"
         )
+        return dataclasses.replace(config, model=chosen), why
     weights = "imagenet" if model.weights == "none" else model.weights
     chosen = dataclasses.replace(model, backbone=COLOUR_BACKBONE, weights=weights)
     features = config.wta.features

@@ -146,6 +146,8 @@ def test_the_backbone_is_chosen_from_the_collection_unless_set():
     assert choose_backbone(pixels, 3)[0].wta.features == "smoothed_pixels"
     student = TrainConfig(model=ModelConfig(student="distilled"))
     assert choose_backbone(student, 3)[0].model.trained_backbone == "small_cnn"
+    tiny, why = choose_backbone(TrainConfig(image_size=16), 3)
+    assert tiny.model.backbone == "small_cnn" and why.startswith("--image-size 16, below")
     chosen = TrainConfig(model=ModelConfig(backbone="small_cnn"))
     assert choose_backbone(chosen, 3) == (chosen, "as set")
     with pytest.raises(ValueError, match="--student frozen needs a pretrained --backbone"):
