@@ -14,7 +14,7 @@ import shlex
 import numpy as np
 
 from harr_tf.callbacks import LastGoodCheckpoint
-from harr_tf.config import to_dict
+from harr_tf.config import from_dict, to_dict
 from harr_tf.data.splits import ProtocolSplit
 from harr_tf.run_directory import RunDirectory
 
@@ -34,6 +34,32 @@ RESUMABLE_SETTINGS = (
     "loss.bcr_weight",
     "loss.quantization_weight",
 )
+
+
+# Settings a run resolves when they are left to it, with the value that leaves them (the
+# run stores what it resolved: the batch, the image size, the backbone and the teacher the
+# collection chose); a resume that leaves them again keeps the run's.
+LEFT_TO_THE_RUN = {
+    "batch_size": None,
+    "image_size": None,
+    "model.backbone": None,
+    "model.weights": "none",
+    "wta.features": "sqrt_smoothed_pixels",
+}
+
+
+def with_resolved_settings(saved, config):
+    """`config` with each setting it leaves to the run (`LEFT_TO_THE_RUN`) as the run
+    `saved` resolved it: a resume continues with the run's batch, size and teacher."""
+    values, old = to_dict(config), to_dict(saved)
+    for name, left in LEFT_TO_THE_RUN.items():
+        *sections, key = name.split(".")
+        new_section, old_section = values, old
+        for section in sections:
+            new_section, old_section = new_section[section], old_section[section]
+        if new_section.get(key) == left:
+            new_section[key] = old_section.get(key)
+    return from_dict(type(config), values)
 
 
 def changed_settings(saved, config) -> dict[str, tuple]:

@@ -29,7 +29,7 @@ from harr_tf.data import ImageDataset, load_dataset
 from harr_tf.data.readers import FileReader
 from harr_tf.encoder import encode_images
 from harr_tf.locks import LockHeld, exclusive
-from harr_tf.resume import check_resumable
+from harr_tf.resume import check_resumable, with_resolved_settings
 from harr_tf.run import run as run_every_length
 from harr_tf.run_directory import RunDirectory
 
@@ -216,7 +216,9 @@ def train(
                 raise RunExists(
                     f"{directory} already holds a run: resume it, or choose another directory."
                 )
-            check_resumable(directory.read_config(), config)
+            saved = directory.read_config()
+            config = with_resolved_settings(saved, config)
+            check_resumable(saved, config)
         logger.info("Run directory: %s\n%s", directory, yaml.safe_dump(dataclasses.asdict(config)))
         keras.utils.set_random_seed(config.seed)
         run_every_length(config, directory, verbose, strategy)

@@ -1,6 +1,7 @@
 """A resumed run keeps its data, split, code lengths, WTA structure and model:
 `--resume` refuses settings that would change them, and never rewrites the run's files."""
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -123,3 +124,21 @@ def test_an_unwritable_run_directory_is_refused_before_training(finished_run, tm
         result = train("--dataset", data, "--run-dir", str(run_dir), "--bits", "8")
         assert result.returncode != 0 and "is not writable" in result.stderr
         assert "Traceback" not in result.stderr
+
+
+def test_a_resume_that_leaves_settings_to_the_run_keeps_what_the_run_resolved():
+    """harr_tf.train(config, run_dir, resume=True) with the config the run began from:
+    the batch, image size, backbone and teacher the run chose are kept, not refused."""
+    from harr_tf.config import ModelConfig, TrainConfig, WTAConfig
+    from harr_tf.resume import check_resumable, with_resolved_settings
+
+    lite0 = ModelConfig(backbone="efficientnet_lite0", weights="imagenet")
+    saved = TrainConfig(
+        batch_size=256, image_size=224, model=lite0, wta=WTAConfig(features="backbone")
+    )
+    resumed = with_resolved_settings(saved, TrainConfig(epochs=3))
+    assert resumed == dataclasses.replace(saved, epochs=3)
+    check_resumable(saved, resumed)
+    chosen = TrainConfig(model=ModelConfig(backbone="small_cnn"))  # set, not left
+    with pytest.raises(ValueError, match="model.backbone: 'efficientnet_lite0' -> 'small_cnn'"):
+        check_resumable(saved, with_resolved_settings(saved, chosen))
