@@ -23,52 +23,6 @@ from harr_tf.training import validation_sets
 logger = logging.getLogger("harr_tf")
 
 
-def validation_map(
-    head: keras.Model, frozen: FrozenFeatures, data: RunData, config: TrainConfig, progress: bool
-) -> float | None:
-    """`val_map` of `head` on the cached features of the validation queries and their
-    database sample (`validation_sets`, as a pixel run scores itself); None without
-    labels. The database's features are computed here if not yet (once per run)."""
-    sets = validation_sets(data, config)
-    if sets is None:
-        return None
-    database = data.split.database
-    features = frozen.features("database", data.dataset, database, progress)
-
-    def codes(indices: np.ndarray) -> np.ndarray:
-        return head_codes(head, features[np.searchsorted(database, indices)], False)
-
-    labels = data.dataset.labels
-    queries, rest = sets
-    return mean_average_precision(
-        codes(queries), codes(rest), labels[queries], labels[rest], top_k=data.top_k
-    )
-
-
-def better_head(
-    trained: keras.Model, frozen: FrozenFeatures, data: RunData, config: TrainConfig, progress: bool
-) -> keras.Model:
-    """`trained`, or its ITQ start when that ranks the validation queries better: the
-    teacher's structure can guide the head away from the features' geometry, which ITQ
-    keeps, so the student never ends below the shallow hash of its own features (on
-    validation). Without labels, `trained`."""
-    start = head_encoder(frozen.train.shape[1], trained.output_shape[-1], config.model.beta)
-    start_from_itq(start, frozen.train, config.seed)
-    trained_map = validation_map(trained, frozen, data, config, progress)
-    if trained_map is None:
-        return trained
-    start_map = validation_map(start, frozen, data, config, progress)
-    kept = "the trained head" if trained_map >= start_map else "its ITQ start"
-    logger.info(
-        "%d-bit head: val_map %.4f trained, %.4f at its ITQ start: kept %s.",
-        start.output_shape[-1],
-        trained_map,
-        start_map,
-        kept,
-    )
-    return trained if trained_map >= start_map else start
-
-
 class FeatureEvaluation(RetrievalEvaluation):
     """`RetrievalEvaluation` of the hash head on cached features instead of images."""
 
@@ -77,10 +31,28 @@ class FeatureEvaluation(RetrievalEvaluation):
     ) -> None:
         queries, rest = validation_sets(data, config)
         super().__init__(data.dataset, queries, rest, data.top_k, config.eval_every)
-        self.frozen, self.data, self.config, self.progress = frozen, data, config, progress
+        self.frozen, self.data, self.progress = frozen, data, progress
+
+    def score(self, head: keras.Model) -> float:
+        """`val_map` of `head` on the queries' and database sample's cached features
+        (the database's, computed here if not yet: once per run)."""
+        database = self.data.split.database
+        features = self.frozen.features("database", self.dataset, database, self.progress)
+
+        def codes(indices: np.ndarray) -> np.ndarray:
+            return head_codes(head, features[np.searchsorted(database, indices)], False)
+
+        labels = self.dataset.labels
+        return mean_average_precision(
+            codes(self.queries),
+            codes(self.database),
+            labels[self.queries],
+            labels[self.database],
+            top_k=self.top_k,
+        )
 
     def evaluate(self, encoder: keras.Model) -> float:
-        self.last_map = validation_map(encoder, self.frozen, self.data, self.config, self.progress)
+        self.last_map = self.score(encoder)
         return self.last_map
 
 
@@ -91,3 +63,33 @@ def feature_evaluation(
     if validation_sets(data, config) is None:
         return None
     return FeatureEvaluation(frozen, data, config, progress)
+
+
+def better_head(
+    trained: keras.Model,
+    frozen: FrozenFeatures,
+    validation: FeatureEvaluation | None,
+    config: TrainConfig,
+    trained_map: float | None = None,
+) -> keras.Model:
+    """`trained`, or its ITQ start when that ranks the validation queries better: the
+    teacher's structure can guide the head away from the features' geometry, which ITQ
+    keeps, so the student never ends below the shallow hash of its own features (on
+    validation). `trained_map`: its score when the last epoch already took it. Without
+    validation, `trained`."""
+    if validation is None:
+        return trained
+    if trained_map is None:
+        trained_map = validation.score(trained)
+    start = head_encoder(frozen.train.shape[1], trained.output_shape[-1], config.model.beta)
+    start_from_itq(start, frozen.train, config.seed)
+    start_map = validation.score(start)
+    kept = "the trained head" if trained_map >= start_map else "its ITQ start"
+    logger.info(
+        "%d-bit head: val_map %.4f trained, %.4f at its ITQ start: kept %s.",
+        start.output_shape[-1],
+        trained_map,
+        start_map,
+        kept,
+    )
+    return trained if trained_map >= start_map else start

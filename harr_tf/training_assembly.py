@@ -208,6 +208,9 @@ def train_code_length(
             + "; lower --learning-rate or the loss weights and run again with --resume."
         )
     if frozen is not None:
-        head = better_head(model.encoder, frozen, data, config, progress=verbose > 0)
+        validation = training.validation  # scored the last epoch, unless restored only
+        head = better_head(
+            model.encoder, frozen, validation, config, validation and validation.last_map
+        )
         return pixel_encoder(frozen.backbone, head), seconds
     return model.encoder, seconds

@@ -20,7 +20,7 @@ from harr_tf.collection_defaults import choose_backbone
 from harr_tf.config import ModelConfig, TrainConfig, WTAConfig
 from harr_tf.data import load_dataset
 from harr_tf.frozen import FrozenFeatures, feature_stream, head_codes, head_encoder, start_from_itq
-from harr_tf.frozen_validation import better_head, validation_map
+from harr_tf.frozen_validation import FeatureEvaluation, better_head
 from harr_tf.wta import encode_wta
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -86,15 +86,16 @@ def test_the_head_ends_no_worse_than_its_itq_start_on_validation(tmp_path):
     astray.get_layer("hash_head").dense.set_weights(
         [rng.normal(size=(32, 8)).astype("f4"), np.zeros(8, "f4")]
     )
-    kept = better_head(astray, frozen, data, config, progress=False)
+    validation = FeatureEvaluation(frozen, data, config, progress=False)
+    kept = better_head(astray, frozen, validation, config)
     assert kept is not astray
-    itq_map = validation_map(kept, frozen, data, config, progress=False)
-    assert itq_map > validation_map(astray, frozen, data, config, progress=False)
+    itq_map = validation.score(kept)
+    assert itq_map > validation.score(astray)
     start = head_encoder(32, 8)
     start_from_itq(start, train, config.seed)
-    assert validation_map(start, frozen, data, config, progress=False) == itq_map
+    assert validation.score(start) == itq_map
     # A trained head at least as good is kept.
-    assert better_head(start, frozen, data, config, progress=False) is start
+    assert better_head(start, frozen, validation, config) is start
 
 
 def test_the_feature_stream_is_a_function_of_seed_and_step():
