@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from harr_tf.atomic import atomic_path
 from harr_tf.features import normalised_pixels
+from harr_tf.resume import check_same_split
 from harr_tf.run_data import load_run_data
 from harr_tf.run_directory import RunDirectory
 
@@ -88,9 +89,10 @@ def main() -> None:
         model=dataclasses.replace(config.model, backbone="small_cnn", student=None),
     )
     data = load_run_data(pixels_config)
-    stored = np.load(run.split_file)
-    if not np.array_equal(stored["train"], data.split.train):
-        raise SystemExit(f"The split drawn now differs from {run.split_file}.")
+    try:
+        check_same_split(str(run.split_file), data.split)
+    except ValueError as err:
+        raise SystemExit(str(err)) from None
     train = data.split.train
     backbone = backbone_features_of_all(run, data.split)
     pixels = pixel_source_of_all(data.dataset, args.pixel_source)
